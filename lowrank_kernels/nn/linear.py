@@ -1,0 +1,139 @@
+"""``LowRankLinear``: a drop-in ``nn.Linear`` whose weight is factorized as ``V·U``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops import check_rank, lowrank_linear
+
+
+def truncated_svd_factors(
+    weight_t: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors of a ``[K, N]`` matrix, split as ``V = A_r·√S``, ``U = √S·B_rᵀ``.
+
+    The SVD runs in fp32 (fp64 for fp64 input) on the matrix's device; the factors
+    come back in that precision, ``V [K, rank]`` and ``U [rank, N]``.
+    """
+    work_dtype = torch.float64 if weight_t.dtype == torch.float64 else torch.float32
+    A, S, Bh = torch.linalg.svd(weight_t.to(work_dtype), full_matrices=False)
+    sqrt_s = S[:rank].sqrt()
+    return A[:, :rank] * sqrt_s, sqrt_s[:, None] * Bh[:rank]
+
+
+class LowRankLinear(nn.Module):
+    """``y = x·V·U + bias``, the factorized form of ``nn.Linear(in_features, out_features)``.
+
+    Args:
+        in_features: K, size of each input's last dim.
+        out_features: N, size of each output's last dim.
+        rank: r, ``1 <= r <= min(K, N)``.
+        bias: learn an additive bias ``[N]``.
+        recompute_intermediate: recompute ``Z = x·V`` in backward instead of saving it.
+
+    Shapes: input ``[*, K]`` → output ``[*, N]``. Parameters ``V [K, r]``,
+    ``U [r, N]``, ``bias [N]``.
+
+    Default init: ``V ~ U(-√(3/K), √(3/K))`` (variance ``1/K``, so ``Z = x·V``
+    keeps the input's variance) and ``U ~ U(-1/√r, 1/√r)`` (variance ``1/(3r)``,
+    ``nn.Linear``'s default for fan-in r). The product then has per-entry
+    variance ``r·(1/K)·(1/(3r)) = 1/(3K)``, exactly that of ``nn.Linear``'s
+    default weight, so swapping layers keeps activation scales. The bias follows
+    ``nn.Linear``: ``U(-1/√K, 1/√K)``.
+    """
+
+    __constants__ = ["in_features", "out_features", "rank"]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        recompute_intermediate: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LowRankLinear: {name} must be a positive int, got {value!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = check_rank(rank, in_features, out_features)
+        self.recompute_intermediate = recompute_intermediate
+        factory = {"device": device, "dtype": dtype}
+        self.V = nn.Parameter(torch.empty(in_features, self.rank, **factory))
+        self.U = nn.Parameter(torch.empty(self.rank, out_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the parameters from the default init described in the class docstring."""
+        bound_v = math.sqrt(3.0 / self.in_features)
+        bound_u = 1.0 / math.sqrt(self.rank)
+        nn.init.uniform_(self.V, -bound_v, bound_v)
+        nn.init.uniform_(self.U, -bound_u, bound_u)
+        if self.bias is not None:
+            bound_b = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound_b, bound_b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lowrank_linear(
+            x, self.V, self.U, self.bias, recompute_intermediate=self.recompute_intermediate
+        )
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+        """Factorize ``linear`` by truncated SVD (fp32) with the √S split; keeps device/dtype.
+
+        At ``rank = min(K, N)`` the product reproduces the weight up to fp32 SVD error;
+        below, ``‖W − (V·U)ᵀ‖_F`` equals the norm of the discarded singular values.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
+        weight = linear.weight.detach()
+        rank = check_rank(rank, linear.in_features, linear.out_features)
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            rank,
+            bias=linear.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        V, U = truncated_svd_factors(weight.t(), rank)
+        with torch.no_grad():
+            module.V.copy_(V)
+            module.U.copy_(U)
+            if linear.bias is not None:
+                module.bias.copy_(linear.bias.detach())
+        return module
+
+    def to_linear(self) -> nn.Linear:
+        """The dense ``nn.Linear`` with weight ``(V·U)ᵀ``, multiplied in fp32 (fp64 for fp64)."""
+        weight = self.V.detach()
+        work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            product = self.V.detach().to(work_dtype) @ self.U.detach().to(work_dtype)
+            linear.weight.copy_(product.t())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias.detach())
+        return linear
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"rank={self.rank}, bias={self.bias is not None}"
+        )

@@ -1,0 +1,15 @@
+"""The low-rank linear op: registration, dispatch, validation, backends."""
+
+from .dispatch import available_backends, get_backend, resolve_backend, set_backend
+from .linear import lowrank_linear
+from .validation import check_linear_inputs, check_rank
+
+__all__ = [
+    "available_backends",
+    "check_linear_inputs",
+    "check_rank",
+    "get_backend",
+    "lowrank_linear",
+    "resolve_backend",
+    "set_backend",
+]

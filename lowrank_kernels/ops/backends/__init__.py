@@ -1,0 +1,15 @@
+"""Backend registry for the low-rank linear op."""
+
+from .base import Backend, GradMask, Grads
+from .cuda_backend import CudaBackend
+from .torch_backend import TorchBackend
+from .triton_backend import TritonBackend
+
+# Preference order of the "auto" backend on CUDA devices.
+BACKENDS: dict[str, Backend] = {
+    "triton": TritonBackend(),
+    "cuda": CudaBackend(),
+    "torch": TorchBackend(),
+}
+
+__all__ = ["BACKENDS", "Backend", "GradMask", "Grads"]

@@ -1,0 +1,71 @@
+"""Backend selection: ``set_backend`` / ``get_backend`` / ``available_backends``.
+
+``auto`` (the default) resolves per device: on CUDA tensors triton → cuda →
+torch, the first that is available; on every other device the PyTorch
+reference. A backend the user forces is used as asked or raises — never a silent
+fallback. The env variable ``LOWRANK_KERNELS_BACKEND`` sets the initial choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .backends import BACKENDS, Backend
+
+ENV_VAR = "LOWRANK_KERNELS_BACKEND"
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+
+def _parse_backend_name(name: object, *, source: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKEND_NAMES:
+        raise ValueError(f"{source} must be one of {list(BACKEND_NAMES)}, got {name!r}")
+    return name.strip().lower()
+
+
+_selected: str = _parse_backend_name(os.environ.get(ENV_VAR, "auto"), source=ENV_VAR)
+
+
+def set_backend(name: str) -> None:
+    """Select the backend of ``lowrank_linear``: ``"auto"``, ``"triton"``, ``"cuda"`` or ``"torch"``.
+
+    Raises:
+        ValueError: unknown name.
+        RuntimeError: the backend cannot run in this process (e.g. ``"cuda"`` without the
+            compiled extension, ``"triton"`` without triton installed).
+    """
+    name = _parse_backend_name(name, source="set_backend(name)")
+    if name != "auto" and not BACKENDS[name].is_available():
+        reasons = {dev: BACKENDS[name].unsupported_reason(torch.device(dev)) for dev in ("cuda", "cpu")}
+        raise RuntimeError(
+            f"set_backend: backend {name!r} is not available in this process: "
+            f"{reasons['cuda'] or reasons['cpu']}. Available: {available_backends()}"
+        )
+    global _selected
+    _selected = name
+
+
+def get_backend() -> str:
+    """Return the selected backend name (``"auto"`` unless one was forced)."""
+    return _selected
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on at least one device of this process."""
+    return [name for name, backend in BACKENDS.items() if backend.is_available()]
+
+
+def resolve_backend(device: torch.device) -> Backend:
+    """The backend that will run tensors on ``device`` under the current selection."""
+    if _selected != "auto":
+        backend = BACKENDS[_selected]
+        reason = backend.unsupported_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"lowrank_linear: backend {_selected!r} was forced but {reason}")
+        return backend
+    if device.type == "cuda":
+        for name in ("triton", "cuda"):
+            if BACKENDS[name].unsupported_reason(device) is None:
+                return BACKENDS[name]
+    return BACKENDS["torch"]

@@ -1,0 +1,47 @@
+"""Independent references for the tests: float64 math straight from DESIGN §2."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``‖out − ref‖ / ‖ref‖`` in float64 (0 when both are empty or ref is zero and out equals it)."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    denom = ref64.norm().item()
+    diff = (out64 - ref64).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def linear_reference64(x, V, U, bias=None):
+    """Forward of DESIGN §2 in float64 on the CPU: ``y = x·V·U + b``."""
+    x64, V64, U64 = x.detach().double().cpu(), V.detach().double().cpu(), U.detach().double().cpu()
+    y = (x64 @ V64) @ U64
+    if bias is not None:
+        y = y + bias.detach().double().cpu()
+    return y
+
+
+def linear_grads64(x, V, U, bias, dy):
+    """All gradients of DESIGN §2's table in float64: ``(dx, dV, dU, db)``."""
+    x64 = x.detach().double().cpu().reshape(-1, V.shape[0])
+    V64, U64 = V.detach().double().cpu(), U.detach().double().cpu()
+    dy64 = dy.detach().double().cpu().reshape(-1, U.shape[1])
+    z = x64 @ V64
+    dz = dy64 @ U64.t()
+    dx = (dz @ V64.t()).reshape(x.shape)
+    dV = x64.t() @ dz
+    dU = z.t() @ dy64
+    db = dy64.sum(0) if bias is not None else None
+    return dx, dV, dU, db
+
+
+def torch_chain(x, V, U, bias=None):
+    """PyTorch's own same-dtype two-GEMM chain: the error baseline kernels are held to."""
+    y = (x @ V) @ U
+    return y + bias if bias is not None else y
+
+
+def error_bound(chain_out: torch.Tensor, ref: torch.Tensor, floor: float) -> float:
+    """2× the same-dtype chain's error vs the float64 reference (DESIGN §2), at least ``floor``."""
+    return max(2.0 * rel_error(chain_out, ref), floor)
