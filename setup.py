@@ -94,9 +94,13 @@ def cuda_extension_wanted() -> tuple[bool, str]:
 
 def build_extensions() -> tuple[list, dict]:
     build, reason = cuda_extension_wanted()
-    print(f"lowrank_kernels: CUDA extension {'enabled' if build else 'skipped'}: {reason}",
-          file=sys.stderr)
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp")))
+    print(
+        f"lowrank_kernels: CUDA extension {'enabled' if build else 'skipped'}: {reason}",
+        file=sys.stderr,
+    )
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cu")) + glob.glob(os.path.join("csrc", "*.cpp"))
+    )
     if not build or not sources:
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
@@ -129,8 +133,9 @@ ext_modules, cmdclass = build_extensions()
 
 setup(
     version=_read_version(),
-    packages=find_packages(include=["lowrank_kernels", "lowrank_kernels.*", "triton_ops",
-                                    "triton_ops.*"]),
+    packages=find_packages(
+        include=["lowrank_kernels", "lowrank_kernels.*", "triton_ops", "triton_ops.*"]
+    ),
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

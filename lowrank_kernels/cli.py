@@ -30,13 +30,22 @@ def _info(_: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            rows.append((f"GPU {index}", f"{props.name} (sm_{props.major}{props.minor}, "
-                                        f"{props.total_memory / 2**30:.0f} GiB)"))
+            rows.append(
+                (
+                    f"GPU {index}",
+                    f"{props.name} (sm_{props.major}{props.minor}, "
+                    f"{props.total_memory / 2**30:.0f} GiB)",
+                )
+            )
     else:
         rows.append(("GPU", "none"))
     ext = extension_info()
-    rows.append(("_C extension", "not built" if ext is None else
-                 f"built for sm {ext.get('cuda_archs', '?')}"))
+    rows.append(
+        (
+            "_C extension",
+            "not built" if ext is None else f"built for sm {ext.get('cuda_archs', '?')}",
+        )
+    )
     rows.append(("backends available", ", ".join(lrk.available_backends())))
     rows.append(("backend selected", lrk.get_backend()))
     width = max(len(name) for name, _ in rows)

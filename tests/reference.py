@@ -6,7 +6,7 @@ import torch
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``‖out − ref‖ / ‖ref‖`` in float64 (0 when both are empty or ref is zero and out equals it)."""
+    """``‖out − ref‖ / ‖ref‖`` in float64 (the absolute error where ``ref`` is all zero)."""
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     denom = ref64.norm().item()
     diff = (out64 - ref64).norm().item()

@@ -10,9 +10,5 @@ import os
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
 
 
-def lowrank_linear_forward(*args, **kwargs):
-    raise NotImplementedError("the Triton kernels are not implemented yet")
-
-
-def lowrank_linear_backward(*args, **kwargs):
+def chain_forward(*args, **kwargs):
     raise NotImplementedError("the Triton kernels are not implemented yet")

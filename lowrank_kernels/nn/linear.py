@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -10,9 +11,7 @@ from torch import nn
 from ..ops import check_rank, lowrank_linear
 
 
-def truncated_svd_factors(
-    weight_t: torch.Tensor, rank: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` factors of a ``[K, N]`` matrix, split as ``V = A_r·√S``, ``U = √S·B_rᵀ``.
 
     The SVD runs in fp32 (fp64 for fp64 input) on the matrix's device; the factors
@@ -45,7 +44,7 @@ class LowRankLinear(nn.Module):
     ``nn.Linear``: ``U(-1/√K, 1/√K)``.
     """
 
-    __constants__ = ["in_features", "out_features", "rank"]
+    __constants__: ClassVar[list[str]] = ["in_features", "out_features", "rank"]
 
     def __init__(
         self,
@@ -95,7 +94,9 @@ class LowRankLinear(nn.Module):
         below, ``‖W − (V·U)ᵀ‖_F`` equals the norm of the discarded singular values.
         """
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear: linear must be an nn.Linear, got {type(linear).__name__}")
+            raise TypeError(
+                f"from_linear: linear must be an nn.Linear, got {type(linear).__name__}"
+            )
         weight = linear.weight.detach()
         rank = check_rank(rank, linear.in_features, linear.out_features)
         module = cls(

@@ -28,7 +28,7 @@ _selected: str = _parse_backend_name(os.environ.get(ENV_VAR, "auto"), source=ENV
 
 
 def set_backend(name: str) -> None:
-    """Select the backend of ``lowrank_linear``: ``"auto"``, ``"triton"``, ``"cuda"`` or ``"torch"``.
+    """Select the backend of ``lowrank_linear``: "auto", "triton", "cuda" or "torch".
 
     Raises:
         ValueError: unknown name.
@@ -37,7 +37,9 @@ def set_backend(name: str) -> None:
     """
     name = _parse_backend_name(name, source="set_backend(name)")
     if name != "auto" and not BACKENDS[name].is_available():
-        reasons = {dev: BACKENDS[name].unsupported_reason(torch.device(dev)) for dev in ("cuda", "cpu")}
+        reasons = {
+            dev: BACKENDS[name].unsupported_reason(torch.device(dev)) for dev in ("cuda", "cpu")
+        }
         raise RuntimeError(
             f"set_backend: backend {name!r} is not available in this process: "
             f"{reasons['cuda'] or reasons['cpu']}. Available: {available_backends()}"

@@ -64,12 +64,16 @@ def _linear_backward(
     output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``_linear_forward``; masked-out ones come back as empty ``[0]`` tensors."""
-    K, r = V.shape
-    N = U.shape[1]
+    K, N = V.shape[0], U.shape[1]
     needs = tuple(bool(m) for m in output_mask)
     saved_z = z if z.shape[0] * K == x.numel() else None  # [0, r] means "recompute"
     grads = resolve_backend(dy.device).backward(
-        dy.reshape(-1, N), x.reshape(-1, K), V, U, saved_z, needs  # type: ignore[arg-type]
+        dy.reshape(-1, N),
+        x.reshape(-1, K),
+        V,
+        U,
+        saved_z,
+        needs,  # type: ignore[arg-type]
     )
     out = []
     for grad, needed, like in zip(grads, needs, (x, V, U, dy), strict=True):
@@ -92,7 +96,7 @@ def _(dy, x, V, U, z, output_mask):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, V, U, bias, save_intermediate = inputs
+    x, V, U, _bias, _save_intermediate = inputs
     _, z = output
     ctx.mark_non_differentiable(z)
     ctx.save_for_backward(x, V, U, z)

@@ -36,7 +36,9 @@ def check_linear_inputs(
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"{op_name}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        raise TypeError(
+            f"{op_name}: bias must be a torch.Tensor or None, got {type(bias).__name__}"
+        )
 
     if x.dim() < 1:
         raise ValueError(f"{op_name}: x must have at least 1 dimension [*, K], got a 0-d tensor")

@@ -1,6 +1,6 @@
 """Backend registry for the low-rank linear op."""
 
-from .base import Backend, GradMask, Grads
+from .base import Backend, ChainBackend, GradMask, Grads
 from .cuda_backend import CudaBackend
 from .torch_backend import TorchBackend
 from .triton_backend import TritonBackend
@@ -12,4 +12,4 @@ BACKENDS: dict[str, Backend] = {
     "torch": TorchBackend(),
 }
 
-__all__ = ["BACKENDS", "Backend", "GradMask", "Grads"]
+__all__ = ["BACKENDS", "Backend", "ChainBackend", "GradMask", "Grads"]

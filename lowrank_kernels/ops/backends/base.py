@@ -3,6 +3,11 @@
 All tensors handed to a backend are already validated (see ``validation.py``):
 ``x`` is 2-D ``[M, K]`` (possibly non-contiguous), ``V`` is ``[K, r]``, ``U`` is
 ``[r, N]``, ``bias`` is ``[N]`` or ``None``, all of one dtype and device.
+
+Every backend so far is a :class:`ChainBackend`: it supplies one primitive, the
+rank-r chain ``out = (A·B)·C + bias`` over strided operands, and the forward and
+backward of DESIGN §2 are composed from it. ``dx = (dY·Uᵀ)·Vᵀ`` is the same chain
+as the forward, fed the transposed views ``Uᵀ``, ``Vᵀ`` (no copies).
 """
 
 from __future__ import annotations
@@ -54,3 +59,42 @@ class Backend(abc.ABC):
 
         ``z`` is the saved ``x·V`` or ``None`` when it must be recomputed.
         """
+
+
+class ChainBackend(Backend):
+    """A backend built on one strided chain primitive (see module docstring)."""
+
+    @abc.abstractmethod
+    def chain(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        c: torch.Tensor,
+        bias: torch.Tensor | None,
+        write_intermediate: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``out = (a·b)·c + bias`` and, if asked, ``a·b`` rounded to a's dtype.
+
+        Shapes: ``a [M, K]``, ``b [K, r]``, ``c [r, N]``, ``bias [N] | None`` → ``out [M, N]``
+        (contiguous), intermediate ``[M, r]`` (contiguous) or ``None``. Operands may have
+        any strides (the backward passes transposed views).
+        """
+
+    def forward(self, x, V, U, bias, save_intermediate):
+        return self.chain(x, V, U, bias, save_intermediate)
+
+    def backward(self, dy, x, V, U, z, needs: GradMask) -> Grads:
+        needs_dx, needs_dV, needs_dU, needs_db = needs
+        dx = dz = None
+        if needs_dx:
+            dx, dz = self.chain(dy, U.t(), V.t(), None, needs_dV)
+        elif needs_dV:
+            dz = dy @ U.t()
+        dV = x.t() @ dz if needs_dV else None
+        dU = None
+        if needs_dU:
+            if z is None:
+                z = x @ V
+            dU = z.t() @ dy
+        db = dy.sum(0, dtype=torch.float32).to(dy.dtype) if needs_db else None
+        return dx, dV, dU, db

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import torch
 
-from .base import Backend, GradMask, Grads
+from .base import ChainBackend
 
 
 def load_extension() -> ModuleType | None:
@@ -26,7 +26,7 @@ def extension_info() -> dict[str, str] | None:
     return {"cuda_archs": "unknown"}
 
 
-class CudaBackend(Backend):
+class CudaBackend(ChainBackend):
     name = "cuda"
 
     def is_available(self) -> bool:
@@ -34,14 +34,13 @@ class CudaBackend(Backend):
 
     def unsupported_reason(self, device: torch.device) -> str | None:
         if load_extension() is None:
-            return ("lowrank_kernels._C is not built (install on a machine with CUDA torch and "
-                    "nvcc: pip install --no-build-isolation .)")
+            return (
+                "lowrank_kernels._C is not built (install on a machine with CUDA torch and "
+                "nvcc: pip install --no-build-isolation .)"
+            )
         if device.type != "cuda":
             return f"the cuda backend runs on CUDA tensors only, got device {device}"
         return None
 
-    def forward(self, x, V, U, bias, save_intermediate):
-        raise NotImplementedError("the cuda backend's kernels are not implemented yet")
-
-    def backward(self, dy, x, V, U, z, needs: GradMask) -> Grads:
+    def chain(self, a, b, c, bias, write_intermediate):
         raise NotImplementedError("the cuda backend's kernels are not implemented yet")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backend, GradMask, Grads
+from .base import ChainBackend
 
 
-class TorchBackend(Backend):
+class TorchBackend(ChainBackend):
     name = "torch"
 
     def is_available(self) -> bool:
@@ -22,24 +22,7 @@ class TorchBackend(Backend):
     def unsupported_reason(self, device: torch.device) -> str | None:
         return None
 
-    def forward(self, x, V, U, bias, save_intermediate):
-        z = x @ V
-        y = z @ U if bias is None else torch.addmm(bias, z, U)
-        return y, (z if save_intermediate else None)
-
-    def backward(self, dy, x, V, U, z, needs: GradMask) -> Grads:
-        needs_dx, needs_dV, needs_dU, needs_db = needs
-        dx = dV = dU = db = None
-        if needs_dx or needs_dV:
-            dz = dy @ U.t()
-            if needs_dx:
-                dx = dz @ V.t()
-            if needs_dV:
-                dV = x.t() @ dz
-        if needs_dU:
-            if z is None:
-                z = x @ V
-            dU = z.t() @ dy
-        if needs_db:
-            db = dy.sum(0, dtype=torch.float32).to(dy.dtype)
-        return dx, dV, dU, db
+    def chain(self, a, b, c, bias, write_intermediate):
+        z = a @ b
+        out = z @ c if bias is None else torch.addmm(bias, z, c)
+        return out, (z if write_intermediate else None)

@@ -15,14 +15,14 @@ from types import ModuleType
 
 import torch
 
-from .base import Backend, GradMask, Grads
+from .base import ChainBackend
 
 
 def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
 
 
-class TritonBackend(Backend):
+class TritonBackend(ChainBackend):
     name = "triton"
 
     def __init__(self) -> None:
@@ -54,18 +54,19 @@ class TritonBackend(Backend):
             return "triton is not installed (pip install triton)"
         if device.type == "cuda":
             if self._interpreted():
-                return ("the Triton kernels were loaded under TRITON_INTERPRET=1 and run on CPU "
-                        "tensors only; unset it to run them on the GPU")
+                return (
+                    "the Triton kernels were loaded under TRITON_INTERPRET=1 and run on CPU "
+                    "tensors only; unset it to run them on the GPU"
+                )
             return None
         if device.type == "cpu":
             if self._interpreted():
                 return None
-            return ("CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before "
-                    "triton_ops is first imported")
+            return (
+                "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before "
+                "triton_ops is first imported"
+            )
         return f"the triton backend does not support device type {device.type!r}"
 
-    def forward(self, x, V, U, bias, save_intermediate):
-        return self._kernels().lowrank_linear_forward(x, V, U, bias, save_intermediate)
-
-    def backward(self, dy, x, V, U, z, needs: GradMask) -> Grads:
-        return self._kernels().lowrank_linear_backward(dy, x, V, U, z, needs)
+    def chain(self, a, b, c, bias, write_intermediate):
+        return self._kernels().chain_forward(a, b, c, bias, write_intermediate)
