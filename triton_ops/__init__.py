@@ -7,8 +7,20 @@ are compiled or interpreted is fixed when they are first decorated, from
 
 import os
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
+import triton.language.standard
+from triton.runtime.interpreter import InterpretedFunction
 
+# Triton's own standard library was decorated when triton.language was imported; the
+# kernels here are decorated now. Both must agree or every launch fails obscurely.
+INTERPRETED = isinstance(triton.language.standard.zeros, InterpretedFunction)
+if (
+    os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
+) != INTERPRETED:
+    raise ImportError(
+        "triton_ops: TRITON_INTERPRET changed after triton was imported; set it (or unset it) "
+        "before the first import of triton, torch._dynamo or lowrank_kernels"
+    )
 
-def chain_forward(*args, **kwargs):
-    raise NotImplementedError("the Triton kernels are not implemented yet")
+from .chain import ChainConfig, chain_forward, choose_config, padded_rank  # noqa: E402
+
+__all__ = ["INTERPRETED", "ChainConfig", "chain_forward", "choose_config", "padded_rank"]

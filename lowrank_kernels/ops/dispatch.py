@@ -1,9 +1,10 @@
 """Backend selection: ``set_backend`` / ``get_backend`` / ``available_backends``.
 
-``auto`` (the default) resolves per device: on CUDA tensors triton → cuda →
-torch, the first that is available; on every other device the PyTorch
-reference. A backend the user forces is used as asked or raises — never a silent
-fallback. The env variable ``LOWRANK_KERNELS_BACKEND`` sets the initial choice.
+``auto`` (the default) resolves per device: on CUDA tensors it measures, per
+shape bucket, the available backends among triton, cuda and torch and runs the
+fastest (see ``autotune.py``); on every other device the PyTorch reference.
+A backend the user forces is used as asked or raises — never a silent fallback.
+The env variable ``LOWRANK_KERNELS_BACKEND`` sets the initial choice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 
 import torch
 
+from .autotune import MeasuredDispatch
 from .backends import BACKENDS, Backend
 
 ENV_VAR = "LOWRANK_KERNELS_BACKEND"
@@ -25,6 +27,7 @@ def _parse_backend_name(name: object, *, source: str) -> str:
 
 
 _selected: str = _parse_backend_name(os.environ.get(ENV_VAR, "auto"), source=ENV_VAR)
+_gpu_auto = MeasuredDispatch([BACKENDS["triton"], BACKENDS["cuda"], BACKENDS["torch"]])
 
 
 def set_backend(name: str) -> None:
@@ -67,7 +70,25 @@ def resolve_backend(device: torch.device) -> Backend:
             raise RuntimeError(f"lowrank_linear: backend {_selected!r} was forced but {reason}")
         return backend
     if device.type == "cuda":
-        for name in ("triton", "cuda"):
-            if BACKENDS[name].unsupported_reason(device) is None:
-                return BACKENDS[name]
+        return _gpu_auto
     return BACKENDS["torch"]
+
+
+def dispatch_decisions() -> dict[str, dict[str, object]]:
+    """The ``auto`` backend's cached per-shape choices on GPUs, with the measured times.
+
+    Keys are ``"device dtype M<=bucket K N r bias intermediate"`` strings; values hold
+    ``backend`` and ``times_ms`` per candidate.
+    """
+    return {
+        " ".join(f"{name}={value}" for name, value in key._asdict().items()): {
+            "backend": decision.backend,
+            "times_ms": dict(decision.times_ms),
+        }
+        for key, decision in _gpu_auto.decisions.items()
+    }
+
+
+def clear_dispatch_cache() -> None:
+    """Forget the ``auto`` backend's measured choices (they are re-measured on next use)."""
+    _gpu_auto.decisions.clear()

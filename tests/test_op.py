@@ -1,0 +1,139 @@
+"""The lowrank.linear op on the PyTorch reference backend: values, gradients, op contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lowrank_kernels as lrk
+from tests.reference import (
+    error_bound,
+    linear_grads64,
+    linear_reference64,
+    rel_error,
+    torch_chain,
+)
+
+SHAPES = [  # (leading dims of x, K, N, r)
+    ((1,), 19, 23, 1),
+    ((7,), 19, 23, 3),
+    ((128,), 37, 21, 17),
+    ((2, 7), 19, 45, 3),
+    ((3, 5, 4), 10, 9, 5),
+]
+
+
+def _inputs(lead, K, N, r, dtype, bias, noncontiguous=False):
+    if noncontiguous:
+        x = torch.randn(K, *lead, dtype=dtype).movedim(0, -1)  # a transposed view
+        assert not x.is_contiguous() or x.numel() == K
+    else:
+        x = torch.randn(*lead, K, dtype=dtype)
+    V = torch.randn(K, r, dtype=dtype) / K**0.5
+    U = torch.randn(r, N, dtype=dtype) / r**0.5
+    b = torch.randn(N, dtype=dtype) if bias else None
+    return x, V, U, b
+
+
+@pytest.mark.parametrize("lead,K,N,r", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("noncontiguous", [False, True])
+def test_forward_and_grads_match_float64(lead, K, N, r, bias, dtype, noncontiguous):
+    lrk.set_backend("torch")
+    x, V, U, b = _inputs(lead, K, N, r, dtype, bias, noncontiguous)
+    leaves = [t.requires_grad_() for t in (x, V, U, b) if t is not None]
+    y = lrk.lowrank_linear(x, V, U, b)
+    assert y.shape == (*lead, N) and y.dtype == dtype
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+
+    chain_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    cx, cV, cU = chain_leaves[:3]
+    cb = chain_leaves[3] if bias else None
+    chain_y = torch_chain(cx, cV, cU, cb)
+    chain_grads = torch.autograd.grad(chain_y, chain_leaves, dy)
+
+    floor = 1e-6 if dtype == torch.float32 else 1e-3
+    ref_y = linear_reference64(x, V, U, b)
+    assert rel_error(y, ref_y) <= error_bound(chain_y, ref_y, floor)
+    ref_grads = [g for g in linear_grads64(x, V, U, b, dy) if g is not None]
+    names = ["x", "V", "U", "b"][: len(grads)]
+    for name, got, chain_got, ref in zip(names, grads, chain_grads, ref_grads, strict=True):
+        assert got.shape == ref.shape, name
+        assert rel_error(got, ref) <= error_bound(chain_got, ref, floor), name
+
+
+def test_recompute_intermediate_gives_same_gradients():
+    x, V, U, b = _inputs((9,), 12, 10, 4, torch.float64, True)
+    leaves = [t.requires_grad_() for t in (x, V, U, b)]
+    saved = torch.autograd.grad(lrk.lowrank_linear(x, V, U, b).sum(), leaves)
+    recomputed = torch.autograd.grad(
+        lrk.lowrank_linear(x, V, U, b, recompute_intermediate=True).sum(), leaves
+    )
+    for a, c in zip(saved, recomputed, strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-12)
+
+
+def test_only_requested_gradients_are_computed():
+    x, V, U, _ = _inputs((6,), 8, 5, 2, torch.float64, False)
+    V.requires_grad_()
+    y = lrk.lowrank_linear(x, V, U)
+    (dV,) = torch.autograd.grad(y.sum(), [V])
+    ref = linear_grads64(x, V, U, None, torch.ones_like(y))[1]
+    assert rel_error(dV, ref) < 1e-12
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_float64(bias):
+    x, V, U, b = _inputs((2, 3), 6, 5, 2, torch.float64, bias)
+    inputs = tuple(t.requires_grad_() for t in (x, V, U, b) if t is not None)
+    fn = (lambda x, V, U, b: lrk.lowrank_linear(x, V, U, b)) if bias else lrk.lowrank_linear
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_opcheck_public_and_internal_ops():
+    x, V, U, b = _inputs((4, 3), 6, 5, 2, torch.float32, True)
+    for t in (x, V, U, b):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.lowrank.linear.default, (x, V, U, b))
+    torch.library.opcheck(torch.ops.lowrank._linear_forward.default, (x, V, U, b, True))
+    torch.library.opcheck(torch.ops.lowrank._linear_forward.default, (x, V, U, None, False))
+
+
+def test_empty_batch():
+    x, V, U, b = _inputs((0,), 6, 5, 2, torch.float32, True)
+    x.requires_grad_()
+    y = lrk.lowrank_linear(x, V, U, b)
+    assert y.shape == (0, 5)
+    y.sum().backward()
+    assert x.grad.shape == (0, 6)
+
+
+def test_autocast_behaves_like_nn_linear():
+    x = torch.randn(4, 8)
+    m = lrk.LowRankLinear(8, 6, 3)
+    dense = torch.nn.Linear(8, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        y_dense = dense(x)
+    assert y.dtype == y_dense.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert m.V.grad.dtype == torch.float32  # grads flow back to the fp32 parameters
+    ref = linear_reference64(x, m.V, m.U, m.bias)
+    assert rel_error(y, ref) < 2e-2
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        lrk.LowRankLinear(16, 32, 4), torch.nn.GELU(), lrk.LowRankLinear(32, 8, 3, bias=False)
+    )
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y_eager = model(x)
+    y_comp = compiled(x)
+    torch.testing.assert_close(y_comp, y_eager)
+    (g_eager,) = torch.autograd.grad(y_eager.sum(), [x])
+    (g_comp,) = torch.autograd.grad(y_comp.sum(), [x])
+    torch.testing.assert_close(g_comp, g_eager)
