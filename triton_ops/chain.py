@@ -201,6 +201,27 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _interpreted_shape_propagation(a: torch.Tensor) -> bool:
+    """True when fake tensors flow through the op under the interpreter.
+
+    ``triton_op`` reuses the op body as its fake kernel; compiled kernels are captured
+    by ``wrap_triton`` there, but interpreted ones would run on data-less tensors. Fake
+    propagation needs only the output shapes, so the launch is skipped; functional
+    tracing (``torch.compile`` inlining the kernel) cannot work and says so.
+    """
+    if not INTERPRETED:
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if isinstance(a, FunctionalTensor):
+        raise RuntimeError(
+            "lowrank::triton_chain cannot be traced by torch.compile under TRITON_INTERPRET=1; "
+            "call it eagerly, or use lowrank_kernels.lowrank_linear (compiled as one opaque op)"
+        )
+    return isinstance(a, FakeTensor)
+
+
 @triton_op("lowrank::triton_chain", mutates_args={})
 def triton_chain(
     a: torch.Tensor,
@@ -219,7 +240,7 @@ def triton_chain(
     r, N = c.shape
     out = torch.empty((M, N), dtype=a.dtype, device=a.device)
     z = torch.empty((M, r) if write_intermediate else (0, r), dtype=a.dtype, device=a.device)
-    if M == 0 or N == 0:
+    if M == 0 or N == 0 or _interpreted_shape_propagation(a):
         return out, z
     cfg = choose_config(M, K, N, r, a.dtype, a.device)
     grid = (triton.cdiv(M, cfg.block_m), split if split > 0 else cfg.split)
