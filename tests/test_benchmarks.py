@@ -55,3 +55,44 @@ def test_flop_formula_matches_design():
     assert flops("triton", "fwd", M, K, N, r) == 2 * M * r * (K + N)
     assert flops("triton", "fwdbwd", M, K, N, r) == 3 * 2 * M * r * (K + N)
     assert flops("dense", "fwd", M, K, N, r) == 2 * M * K * N
+
+
+def _import_benchmark(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_report_speedups_and_readme_section(tmp_path):
+    kernels, report = _import_benchmark("kernels"), _import_benchmark("report")
+    device_dir = tmp_path / "results" / "FakeGPU"
+    device_dir.mkdir(parents=True)
+    times = {("triton", 16): 1.0, ("torch_chain", 16): 3.0, ("dense", 16): 4.0,
+             ("triton", 1024): 2.0, ("torch_chain", 1024): 2.0, ("dense", 1024): 8.0}  # fmt: skip
+    base = dict.fromkeys(kernels.CSV_FIELDS, "x")
+    rows = []
+    for (provider, M), ms in times.items():
+        rows.append({**base, "provider": provider, "mode": "fwd", "dtype": "bf16", "M": M,
+                     "K": 64, "N": 64, "r": 8, "median_ms": ms, "roofline_fraction": 0.5,
+                     "device_name": "FakeGPU", "device_kind": "cuda",
+                     "timestamp": "2026-01-01T00:00:00"})  # fmt: skip
+    # an older, slower triton row for M=16 must be superseded by the newer one above
+    rows.append({**rows[0], "median_ms": 9.0, "timestamp": "2025-01-01T00:00:00"})
+    kernels.write_rows(rows, device_dir / "kernels.csv")
+
+    loaded = report.load(device_dir / "kernels.csv")
+    vs_chain = report.speedups(loaded, "triton", "torch_chain")
+    assert vs_chain == {("fwd", "bf16", 16, 64, 64, 8): 3.0, ("fwd", "bf16", 1024, 64, 64, 8): 1.0}
+    table = "\n".join(report.summary_table(loaded))
+    assert "2.00× (1.00–3.00)" in table  # median of 3.0 and 1.0 over the chain
+    assert "4.00× (4.00–4.00)" in table  # 4/1 and 8/2 over dense
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nstale\n{report.END}\noutro\n")
+    assert report.main(["--no-plots", "--results", str(tmp_path / "results"),
+                        "--readme", str(readme)]) == 0  # fmt: skip
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "FakeGPU (CUDA figures)" in text and "2.00× (1.00–3.00)" in text
