@@ -2,7 +2,8 @@
 low-rank training strategies for PyTorch. See DESIGN §3 for the public contract."""
 
 from ._version import __version__
-from .nn import LowRankLinear
+from .convert import candidate_layers, factorize, merge, restore, summary
+from .nn import LowRankConv2d, LowRankLinear
 from .ops import (
     available_backends,
     clear_dispatch_cache,
@@ -11,14 +12,26 @@ from .ops import (
     lowrank_linear,
     set_backend,
 )
+from .profiler import profile_layers
+from .rank import StableRankTracker, stable_rank, stable_ranks
 
 __all__ = [
+    "LowRankConv2d",
     "LowRankLinear",
+    "StableRankTracker",
     "__version__",
     "available_backends",
+    "candidate_layers",
     "clear_dispatch_cache",
     "dispatch_decisions",
+    "factorize",
     "get_backend",
     "lowrank_linear",
+    "merge",
+    "profile_layers",
+    "restore",
     "set_backend",
+    "stable_rank",
+    "stable_ranks",
+    "summary",
 ]

@@ -143,7 +143,7 @@ def stable_rank(weight: torch.Tensor | nn.Module) -> float:
     Raises:
         ValueError: the weight has NaN/Inf entries or an unsupported number of dims.
     """
-    return float(stable_ranks([_as_matrix(weight, "weight")])[0].item())
+    return float(_stable_ranks64([_as_matrix(weight, "weight")])[0].item())
 
 
 def stable_ranks(weights: Sequence[torch.Tensor | nn.Module]) -> torch.Tensor:
@@ -159,10 +159,14 @@ def stable_ranks(weights: Sequence[torch.Tensor | nn.Module]) -> torch.Tensor:
     mats = [_as_matrix(w, f"weights[{i}]") for i, w in enumerate(weights)]
     if not mats:
         return torch.empty(0)
+    return _stable_ranks64(mats).to(device=mats[0].device, dtype=torch.float32)
+
+
+def _stable_ranks64(mats: list[torch.Tensor]) -> torch.Tensor:
+    """Stable ranks of 2-D matrices as a float64 CPU tensor (computed in fp32 / fp64)."""
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(mats):
         groups.setdefault((tuple(m.shape), m.device, _work_dtype(m)), []).append(i)
-    out_device = mats[0].device
     result = torch.empty(len(mats), dtype=torch.float64)
     for (_, _, work), idx in groups.items():
         stack = torch.stack([mats[i] for i in idx]).to(work)
@@ -178,7 +182,7 @@ def stable_ranks(weights: Sequence[torch.Tensor | nn.Module]) -> torch.Tensor:
         fro2 = (s * s).sum(dim=1)
         ranks = torch.where(top > 0, fro2 / (top * top).clamp_min(torch.finfo(work).tiny), 0.0)
         result[idx] = ranks.double().cpu()
-    return result.to(device=out_device, dtype=torch.float32)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,15 +260,13 @@ def explained_ratio_rank(
     var_s = float(np.var(s))
     if var_s == 0.0:
         return n
-    # Var of the tail for every k at once: zero the first k entries of s.
-    mean_s = s.mean()
-    for k in range(1, n + 1):
-        tail = np.concatenate([np.zeros(k), s[k:]])
-        ratio = 1.0 - float(np.mean((tail - tail.mean()) ** 2)) / var_s
-        if ratio > threshold:
-            return k
-    del mean_s
-    return n
+    # Var of the tail for every k at once from suffix sums: Var(t) = E[t²] − E[t]².
+    suffix = np.concatenate([np.cumsum(s[::-1])[::-1], [0.0]])
+    suffix_sq = np.concatenate([np.cumsum((s * s)[::-1])[::-1], [0.0]])
+    var_tail = np.maximum(suffix_sq / n - (suffix / n) ** 2, 0.0)
+    ratios = 1.0 - var_tail[1:] / var_s  # ratios[k-1] is the explained ratio at k
+    hits = np.nonzero(ratios > threshold)[0]
+    return int(hits[0]) + 1 if hits.size else n
 
 
 def round_rank(rank: int | float, multiple: int = 8, full_rank: int | None = None) -> int:

@@ -190,9 +190,8 @@ class LowRankConv2d(nn.Module):
         """The product ``U_c·V_c`` as ``[out, in·kh·kw]``, in fp32 (fp64 for fp64), detached."""
         u = self.conv_u.weight.detach()
         work = torch.float64 if u.dtype == torch.float64 else torch.float32
-        return u.reshape(self.out_channels, self.rank).to(work) @ self.conv_v.weight.detach().reshape(
-            self.rank, -1
-        ).to(work)
+        v = self.conv_v.weight.detach().reshape(self.rank, -1)
+        return u.reshape(self.out_channels, self.rank).to(work) @ v.to(work)
 
     def to_conv2d(self) -> nn.Conv2d:
         """The dense ``nn.Conv2d`` with weight ``U_c·V_c``, multiplied in fp32 (fp64 for fp64)."""

@@ -1,0 +1,756 @@
+"""One-call model surgery: ``factorize`` / ``merge`` / ``restore`` / ``summary`` (DESIGN §3).
+
+``factorize`` swaps ``nn.Linear``, ``nn.Conv2d`` (groups = 1) and ``transformers``'
+``Conv1D`` layers for ``LowRankLinear`` / ``LowRankConv2d`` in place, initialised by
+truncated SVD of the dense weight; ``merge`` multiplies the factors back (fp32) into
+the original dense layer type. A factorized model's ``state_dict`` carries its ranks
+in the factor shapes (``<fqn>.V`` is ``[K, r]``, ``<fqn>.conv_v.weight`` is
+``[r, in, kh, kw]``), so ``restore`` can rebuild the architecture from a freshly
+built dense model with no side file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nn import LowRankConv2d, LowRankLinear, truncated_svd_factors
+from .rank import (
+    StableRankTracker,
+    conv1d_type,
+    full_rank,
+    is_conv1d,
+    layer_dims,
+    round_rank,
+    stable_ranks,
+)
+
+__all__ = [
+    "LayerSummary",
+    "ModelSummary",
+    "candidate_layers",
+    "factorize",
+    "full_rank",
+    "lowrank_like",
+    "merge",
+    "restore",
+    "summary",
+]
+
+FilterFn = Callable[[nn.Module, str], bool]
+RankSpec = int | float | str | Mapping[str, int] | Callable[[str, nn.Module], "int | None"]
+
+_RECORDS = "_lowrank_records"  # per-model {fqn: {...}}: reasons and measured times
+_ORIGIN = "_lowrank_origin"  # on a LowRankLinear made from a Conv1D: merge rebuilds a Conv1D
+_LOWRANK_TYPES = (LowRankLinear, LowRankConv2d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding layers
+
+
+def _is_lowrank_leaf(module: nn.Module) -> bool:
+    # Layers inside these are parts of a low-rank layer (LowRankConv2d's conv_v/conv_u),
+    # not layers of the model; other modules can opt in with `_lowrank_kernels_leaf = True`.
+    return isinstance(module, _LOWRANK_TYPES) or bool(
+        getattr(type(module), "_lowrank_kernels_leaf", False)
+    )
+
+
+def _dense_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "Linear"
+    if isinstance(module, nn.Conv2d):
+        return "Conv2d"
+    if is_conv1d(module):
+        return "Conv1D"
+    return None
+
+
+def _walk(model: nn.Module):
+    """Yield ``(fqn, module, parent)`` once per module object, not descending into low-rank
+    layers, plus the map ``id(module) -> [every path]`` for shared-module detection."""
+    paths: dict[int, list[str]] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(fqn)
+    seen: set[int] = set()
+    out = []
+
+    def visit(module: nn.Module, prefix: str, parent: nn.Module | None) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        out.append((prefix, module, parent))
+        if _is_lowrank_leaf(module):
+            return
+        for name, child in module.named_children():
+            visit(child, f"{prefix}.{name}" if prefix else name, module)
+
+    visit(model, "", None)
+    return out, paths
+
+
+def _param_owners(model: nn.Module) -> dict[int, list[str]]:
+    owners: dict[int, list[str]] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            if p is not None:
+                owners.setdefault(id(p), []).append(f"{fqn}.{pname}" if fqn else pname)
+    return owners
+
+
+def _scan(
+    model: nn.Module, filter_fn: FilterFn | None
+) -> tuple[dict[str, nn.Module], dict[str, tuple[nn.Module, str]]]:
+    """``(candidates, skipped)``: factorizable dense layers and dense layers left alone
+    (``{fqn: (module, reason)}``), both in model order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {filter_fn!r}")
+    walk, paths = _walk(model)
+    owners = _param_owners(model)
+    candidates: dict[str, nn.Module] = {}
+    skipped: dict[str, tuple[nn.Module, str]] = {}
+    for fqn, module, parent in walk:
+        kind = _dense_kind(module)
+        if kind is None:
+            continue
+        reason = None
+        base = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}.get(kind)
+        weight = getattr(module, "weight", None)
+        if fqn == "":
+            reason = "the model itself is the layer (cannot be replaced in place)"
+        elif isinstance(weight, nn.parameter.UninitializedParameter):
+            reason = "lazy layer not initialised yet"
+        elif base is not None and type(module).forward is not base.forward:
+            reason = f"{type(module).__name__} overrides {base.__name__}.forward"
+        elif kind == "Conv2d" and module.groups != 1:
+            reason = f"grouped conv (groups={module.groups})"
+        elif isinstance(parent, nn.MultiheadAttention):
+            reason = "nn.MultiheadAttention reads this layer's weight directly"
+        elif len(paths[id(module)]) > 1:
+            reason = f"module shared at several paths {paths[id(module)]}"
+        elif weight is not None and len(owners.get(id(weight), [])) > 1:
+            others = [o for o in owners[id(weight)] if o != f"{fqn}.weight"]
+            reason = f"weight tied to {others}"
+        elif filter_fn is not None and not filter_fn(module, fqn):
+            reason = "excluded by filter_fn"
+        if reason is None:
+            candidates[fqn] = module
+        else:
+            skipped[fqn] = (module, reason)
+    return candidates, skipped
+
+
+def candidate_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Module]:
+    """The layers ``factorize`` may convert: ``{fqn: module}`` in model order.
+
+    That is every ``nn.Linear``, ``nn.Conv2d`` with ``groups == 1`` and ``transformers``
+    ``Conv1D`` that passes ``filter_fn(module, fqn)`` (torchao convention), except:
+    layers already low-rank (and the convs inside a ``LowRankConv2d``), subclasses that
+    override ``forward``, lazy layers, the projections of ``nn.MultiheadAttention`` (it
+    reads their weights directly), modules reachable under several names, layers whose
+    weight is tied to another module's (e.g. GPT-2's ``lm_head``), and the model itself.
+    ``summary`` lists the layers left out with the reason.
+    """
+    return _scan(model, filter_fn)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building low-rank layers
+
+
+def _check_layer_rank(rank: object, fqn: str, module: nn.Module, source: str) -> int:
+    full = full_rank(module)
+    if isinstance(rank, bool) or not isinstance(rank, int):
+        raise TypeError(
+            f"{source}: rank for layer {fqn!r} must be an int, got {type(rank).__name__} ({rank!r})"
+        )
+    if not 1 <= rank <= full:
+        _, k, n = layer_dims(module)
+        raise ValueError(
+            f"{source}: rank for layer {fqn!r} must be between 1 and its full rank "
+            f"min({k}, {n}) = {full}, got {rank}"
+        )
+    return rank
+
+
+def lowrank_like(module: nn.Module, rank: int) -> nn.Module:
+    """An untrained low-rank layer of ``module``'s shape, device and dtype at ``rank``.
+
+    ``nn.Linear``/``Conv1D`` give a ``LowRankLinear``, ``nn.Conv2d`` a ``LowRankConv2d``
+    with the same stride/padding/dilation/padding mode. Default init (no SVD): use it
+    where only the shapes matter (profiling, loading a state_dict).
+    """
+    kind = _dense_kind(module)
+    weight = module.weight
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    has_bias = getattr(module, "bias", None) is not None
+    if kind in ("Linear", "Conv1D"):
+        _, k, n = layer_dims(module)
+        new = LowRankLinear(k, n, rank, bias=has_bias, **factory)
+        if kind == "Conv1D":
+            setattr(new, _ORIGIN, "Conv1D")
+        return new
+    if kind == "Conv2d":
+        if module.groups != 1:
+            raise ValueError(f"groups must be 1 to factorize a Conv2d, got groups={module.groups}")
+        return LowRankConv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            rank,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            bias=has_bias,
+            padding_mode=module.padding_mode,
+            **factory,
+        )
+    raise TypeError(
+        f"module must be an nn.Linear, nn.Conv2d or transformers Conv1D, got "
+        f"{type(module).__name__}"
+    )
+
+
+def _factorized(module: nn.Module, rank: int) -> nn.Module:
+    kind = _dense_kind(module)
+    if kind == "Linear":
+        new = LowRankLinear.from_linear(module, rank)
+    elif kind == "Conv2d":
+        new = LowRankConv2d.from_conv2d(module, rank)
+    else:  # Conv1D: weight [in, out] and y = x·W + b, i.e. already LowRankLinear's [K, N]
+        new = lowrank_like(module, rank)
+        V, U = truncated_svd_factors(module.weight.detach(), rank)
+        with torch.no_grad():
+            new.V.copy_(V)
+            new.U.copy_(U)
+            new.bias.copy_(module.bias.detach())
+    # carry the trainability of the dense layer over to its factors
+    w_grad = module.weight.requires_grad
+    for name, p in new.named_parameters():
+        bias = getattr(module, "bias", None)
+        p.requires_grad_(
+            bias.requires_grad if name.endswith("bias") and bias is not None else w_grad
+        )
+    new.train(module.training)
+    return new
+
+
+def _merged(module: nn.Module) -> nn.Module:
+    if isinstance(module, LowRankConv2d):
+        dense = module.to_conv2d()
+    elif getattr(module, _ORIGIN, None) == "Conv1D":
+        conv1d = conv1d_type()
+        if conv1d is None:  # pragma: no cover - the origin is only set when it was imported
+            raise RuntimeError("merge: transformers is needed to rebuild a Conv1D layer")
+        v = module.V.detach()
+        work = torch.float64 if v.dtype == torch.float64 else torch.float32
+        dense = conv1d(module.out_features, module.in_features).to(device=v.device, dtype=v.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(v.to(work) @ module.U.detach().to(work))
+            dense.bias.copy_(module.bias.detach())
+        dense.weight.requires_grad_(module.V.requires_grad)
+    else:
+        dense = module.to_linear()
+        dense.weight.requires_grad_(module.V.requires_grad)
+    dense.train(module.training)
+    return dense
+
+
+def _replace(parent: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent._modules[fqn.rsplit(".", 1)[-1]] = new
+
+
+def _parent_of(model: nn.Module, fqn: str) -> nn.Module:
+    return model.get_submodule(fqn.rsplit(".", 1)[0]) if "." in fqn else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Rank resolution
+
+
+def _validate_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _derived(raw: float, module: nn.Module, min_rank: int, rank_multiple: int) -> int:
+    full = full_rank(module)
+    r = min(max(math.ceil(raw - 1e-9), min_rank, 1), full)
+    return round_rank(r, rank_multiple, full)
+
+
+def _resolve_ranks(
+    rank: RankSpec,
+    candidates: dict[str, nn.Module],
+    skipped: dict[str, tuple[nn.Module, str]],
+    model: nn.Module,
+    *,
+    rank_multiple: int,
+    min_rank: int,
+    skip_unprofitable: bool,
+    tracker: StableRankTracker | None,
+) -> tuple[dict[str, int], dict[str, str]]:
+    """``({fqn: rank}, {fqn: reason kept dense})`` before the profitability check."""
+    chosen: dict[str, int] = {}
+    dense: dict[str, str] = {}
+    src = "factorize"
+    if isinstance(rank, bool):
+        raise TypeError(f"{src}: rank must be an int, float, mapping, callable or str, got bool")
+    if isinstance(rank, int):
+        if rank < 1:
+            raise ValueError(f"{src}: rank must be >= 1, got {rank}")
+        for fqn, m in candidates.items():
+            full = full_rank(m)
+            if rank <= full:
+                chosen[fqn] = rank
+            elif skip_unprofitable:
+                dense[fqn] = f"rank {rank} exceeds the full rank {full}"
+            else:
+                _check_layer_rank(rank, fqn, m, src)
+    elif isinstance(rank, float):
+        if not (math.isfinite(rank) and 0.0 < rank <= 1.0):
+            raise ValueError(f"{src}: a float rank is a ratio of full rank in (0, 1], got {rank}")
+        for fqn, m in candidates.items():
+            chosen[fqn] = _derived(rank * full_rank(m), m, min_rank, rank_multiple)
+    elif isinstance(rank, str):
+        if rank == "stable":
+            srs = stable_ranks(list(candidates.values())).tolist() if candidates else []
+            for (fqn, m), s in zip(candidates.items(), srs, strict=True):
+                chosen[fqn] = _derived(s, m, min_rank, rank_multiple)
+        elif rank == "scaled_stable":
+            if not isinstance(tracker, StableRankTracker):
+                raise ValueError(
+                    f'{src}: rank="scaled_stable" needs tracker=StableRankTracker(model) '
+                    f"created before training (it records ξ = full_rank / srank(W_0)), got "
+                    f"tracker={tracker!r}"
+                )
+            named = dict(model.named_modules())
+            unknown = [f for f in tracker.fqns if f not in named]
+            if unknown:
+                raise ValueError(
+                    f"{src}: the tracker tracks layers {unknown} that this model does not "
+                    "have (was it built for another model?)"
+                )
+            scaled = tracker.scaled_ranks(rank_multiple)
+            for fqn, m in candidates.items():
+                if fqn in scaled:
+                    chosen[fqn] = _derived(scaled[fqn], m, min_rank, rank_multiple)
+                else:
+                    dense[fqn] = "not tracked by the StableRankTracker"
+        else:
+            raise ValueError(
+                f'{src}: rank string must be "stable" or "scaled_stable", got {rank!r}'
+            )
+    elif isinstance(rank, Mapping):
+        for fqn, r in rank.items():
+            if fqn in skipped:
+                raise ValueError(
+                    f"{src}: layer {fqn!r} in the rank mapping cannot be factorized: "
+                    f"{skipped[fqn][1]}"
+                )
+            if fqn not in candidates:
+                names = list(candidates)
+                shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
+                raise ValueError(
+                    f"{src}: rank mapping names {fqn!r}, which is not a factorizable layer of "
+                    f"the model; candidates are: {shown}"
+                )
+            chosen[fqn] = _check_layer_rank(r, fqn, candidates[fqn], src)
+        for fqn in candidates:
+            if fqn not in chosen:
+                dense[fqn] = "not in the rank mapping"
+    elif callable(rank):
+        for fqn, m in candidates.items():
+            r = rank(fqn, m)
+            if r is None:
+                dense[fqn] = "rank callable returned None"
+            else:
+                chosen[fqn] = _check_layer_rank(r, fqn, m, f"{src}: rank callable")
+    else:
+        raise TypeError(
+            f"{src}: rank must be an int, a float ratio in (0, 1], a {{fqn: int}} mapping, a "
+            f'callable (fqn, module) -> int, "stable" or "scaled_stable", got '
+            f"{type(rank).__name__}"
+        )
+    return chosen, dense
+
+
+def _records(model: nn.Module) -> dict[str, dict[str, Any]]:
+    rec = model.__dict__.get(_RECORDS)
+    if rec is None:
+        rec = {}
+        model.__dict__[_RECORDS] = rec
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def factorize(
+    model: nn.Module,
+    rank: RankSpec,
+    filter_fn: FilterFn | None = None,
+    *,
+    rank_multiple: int = 8,
+    min_rank: int = 1,
+    skip_unprofitable: bool = True,
+    example_input: Any = None,
+    min_speedup: float | None = None,
+    tracker: StableRankTracker | None = None,
+    timer: Callable[[nn.Module, torch.Tensor, int], float] | None = None,
+    profile_repeats: int = 10,
+    profile_backward: bool = False,
+) -> dict[str, int]:
+    """Replace the model's factorizable layers by low-rank ones, in place.
+
+    Each layer of ``candidate_layers(model, filter_fn)`` gets a rank from ``rank``:
+
+    - ``int``: that rank for every layer, as asked (not rounded).
+    - ``float`` in ``(0, 1]``: ``ceil(ratio · full_rank)`` per layer (derived).
+    - ``{fqn: int}``: exactly those layers at exactly those ranks; others stay dense.
+    - callable ``(fqn, module) -> int | None``: as returned (None keeps the layer dense).
+    - ``"stable"``: ``ceil(stable_rank(W))`` (derived).
+    - ``"scaled_stable"``: ``ceil(srank(W_t)·ξ)`` from ``tracker`` (derived).
+
+    Derived ranks are raised to ``min_rank`` and rounded UP to a multiple of
+    ``rank_multiple`` (never above full rank); explicit ranks (int, mapping, callable)
+    are validated (``1 <= r <= full_rank``) and used as given. Then, with
+    ``skip_unprofitable`` (default), a layer stays dense where ``r·(K+N) >= K·N`` (no
+    parameter saving; an int rank above a layer's full rank also just keeps it dense);
+    with ``skip_unprofitable=False`` every chosen layer is factorized, and an int rank
+    above a layer's full rank raises.
+
+    With ``example_input`` (a tensor, a tuple of positional args or a dict of kwargs for
+    ``model``), every remaining layer is timed dense vs low-rank on its real input
+    (``profile_layers``); with ``min_speedup=s`` a layer stays dense where
+    ``dense_time / lowrank_time < s``. ``summary(model)`` reports ranks, reasons and times.
+
+    Weights are copied by truncated SVD in fp32 with the √S split, keeping device, dtype
+    and ``requires_grad``. Forward hooks registered on replaced layers are not carried over.
+
+    Returns:
+        ``{fqn: rank}`` of the layers that were factorized, in model order.
+
+    Raises:
+        ValueError / TypeError: a bad rank (0, negative, above a layer's full rank, an
+            unknown fqn, a wrong type), ``"scaled_stable"`` without a tracker, or
+            ``min_speedup`` without ``example_input``.
+    """
+    _validate_int("rank_multiple", rank_multiple, 1)
+    _validate_int("min_rank", min_rank, 1)
+    if not isinstance(skip_unprofitable, bool):
+        raise TypeError(f"skip_unprofitable must be a bool, got {skip_unprofitable!r}")
+    if min_speedup is not None:
+        if (
+            isinstance(min_speedup, bool)
+            or not isinstance(min_speedup, (int, float))
+            or not min_speedup > 0
+        ):
+            raise ValueError(f"min_speedup must be a positive number or None, got {min_speedup!r}")
+        if example_input is None:
+            raise ValueError(
+                "min_speedup needs example_input (the layers are timed on the inputs they see "
+                "when the model runs on it)"
+            )
+    candidates, skipped = _scan(model, filter_fn)
+    chosen, dense = _resolve_ranks(
+        rank,
+        candidates,
+        skipped,
+        model,
+        rank_multiple=rank_multiple,
+        min_rank=min_rank,
+        skip_unprofitable=skip_unprofitable,
+        tracker=tracker,
+    )
+    if skip_unprofitable:
+        for fqn in list(chosen):
+            _, k, n = layer_dims(candidates[fqn])
+            r = chosen[fqn]
+            if r * (k + n) >= k * n:
+                dense[fqn] = (
+                    f"rank {r} saves no parameters (needs r < K·N/(K+N) = {k * n / (k + n):.1f})"
+                )
+                del chosen[fqn]
+
+    timings = {}
+    if example_input is not None and chosen:
+        from .profiler import profile_layers
+
+        timings = profile_layers(
+            model,
+            example_input,
+            chosen,
+            repeats=profile_repeats,
+            timer=timer,
+            backward=profile_backward,
+        )
+        if min_speedup is not None:
+            for fqn in list(chosen):
+                t = timings.get(fqn)
+                if t is not None and t.speedup < min_speedup:
+                    dense[fqn] = f"measured speedup {t.speedup:.2f}x < min_speedup {min_speedup}"
+                    del chosen[fqn]
+
+    records = _records(model)
+    for fqn, (_, why) in skipped.items():
+        records[fqn] = {"reason": why, "dense_s": None, "lowrank_s": None}
+    for fqn, module in candidates.items():
+        t = timings.get(fqn)
+        rec = {"reason": dense.get(fqn), "dense_s": None, "lowrank_s": None}
+        if t is not None:
+            rec.update(dense_s=t.dense_s, lowrank_s=t.lowrank_s)
+        elif example_input is not None and fqn in chosen:
+            rec["reason"] = "not profiled: example_input did not reach this layer"
+        records[fqn] = rec
+        if fqn in chosen:
+            _replace(_parent_of(model, fqn), fqn, _factorized(module, chosen[fqn]))
+    return {fqn: chosen[fqn] for fqn in candidates if fqn in chosen}
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Turn every ``LowRankLinear`` / ``LowRankConv2d`` back into its dense layer, in place.
+
+    The product ``V·U`` is formed in fp32 (fp64 for fp64) and cast to the factors' dtype.
+    A layer that ``factorize`` made from a ``transformers`` ``Conv1D`` becomes a
+    ``Conv1D`` again (so the state_dict matches the original model); others become
+    ``nn.Linear`` / ``nn.Conv2d``. Returns ``model`` (or the dense layer when ``model``
+    itself is a low-rank layer, which cannot be replaced in place).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, _LOWRANK_TYPES):
+        return _merged(model)
+    records = model.__dict__.get(_RECORDS, {})
+    walk, paths = _walk(model)
+    for fqn, module, _ in walk:
+        if isinstance(module, _LOWRANK_TYPES):
+            dense = _merged(module)
+            for path in paths[id(module)]:  # keep sharing if the layer sits at several paths
+                _replace(_parent_of(model, path), path, dense)
+            records.pop(fqn, None)
+    return model
+
+
+def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a factorized model's ``state_dict`` into a freshly built dense ``model``.
+
+    Every dense layer whose factors appear in ``state_dict`` (``<fqn>.V``/``<fqn>.U`` for
+    Linear and Conv1D, ``<fqn>.conv_v.weight``/``<fqn>.conv_u.weight`` for Conv2d) is
+    replaced by a low-rank layer of the rank read from the factor shapes; then the
+    state_dict is loaded with ``strict=True``. Returns ``model``.
+
+    Raises:
+        RuntimeError: the state_dict does not fit the model (missing/unexpected keys,
+            shape mismatches); the model is then left as it was.
+        ValueError: a factor's shape does not match the layer it belongs to.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    walk, _ = _walk(model)
+    replaced: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for fqn, module, parent in walk:
+            kind = _dense_kind(module)
+            if kind is None or parent is None:
+                continue
+            pre = f"{fqn}."
+            _, k, n = layer_dims(module)
+            if kind in ("Linear", "Conv1D") and f"{pre}V" in state_dict:
+                V = state_dict[f"{pre}V"]
+                if V.dim() != 2 or V.shape[0] != k:
+                    raise ValueError(
+                        f"restore: {pre}V has shape {tuple(V.shape)} but layer {fqn!r} "
+                        f"({kind}, in={k}, out={n}) needs [{k}, r]"
+                    )
+                r = int(V.shape[1])
+            elif kind == "Conv2d" and f"{pre}conv_v.weight" in state_dict:
+                cv = state_dict[f"{pre}conv_v.weight"]
+                expect = (module.in_channels, *module.kernel_size)
+                if cv.dim() != 4 or tuple(cv.shape[1:]) != expect:
+                    raise ValueError(
+                        f"restore: {pre}conv_v.weight has shape {tuple(cv.shape)} but layer "
+                        f"{fqn!r} needs [r, {', '.join(map(str, expect))}]"
+                    )
+                r = int(cv.shape[0])
+            else:
+                continue
+            _check_layer_rank(r, fqn, module, "restore")
+            new = lowrank_like(module, r)
+            new.train(module.training)
+            name = fqn.rsplit(".", 1)[-1]
+            replaced.append((parent, name, module))
+            parent._modules[name] = new
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError, TypeError) as err:
+        for parent, name, old in reversed(replaced):
+            parent._modules[name] = old
+        if isinstance(err, RuntimeError):
+            raise RuntimeError(
+                f"restore: the state_dict does not fit this model's architecture: {err}"
+            ) from err
+        raise
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass
+class LayerSummary:
+    """One factorizable layer: its shape, rank, and cost dense vs now.
+
+    ``params_*`` count weights plus bias; ``flops_*`` are multiply-adds × 2 per output
+    position (one row of a Linear's input, one output pixel of a conv). ``rank`` is None
+    for a dense layer, with ``reason`` saying why it stayed dense. Times (seconds, median)
+    are present when ``factorize`` profiled the layer.
+    """
+
+    fqn: str
+    kind: str
+    in_size: int
+    out_size: int
+    full_rank: int
+    rank: int | None
+    params_dense: int
+    params: int
+    flops_dense: int
+    flops: int
+    reason: str | None = None
+    dense_s: float | None = None
+    lowrank_s: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Measured ``dense_s / lowrank_s``, or None when not profiled."""
+        if self.dense_s is None or not self.lowrank_s:
+            return None
+        return self.dense_s / self.lowrank_s
+
+
+@dataclass
+class ModelSummary:
+    """``summary(model)``: a list of ``LayerSummary`` plus whole-model totals; ``str()`` is a
+    table."""
+
+    layers: list[LayerSummary] = field(default_factory=list)
+    total_params: int = 0
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, key: int | str) -> LayerSummary:
+        if isinstance(key, str):
+            for layer in self.layers:
+                if layer.fqn == key:
+                    return layer
+            raise KeyError(key)
+        return self.layers[key]
+
+    @property
+    def params_dense(self) -> int:
+        """Parameter count the whole model would have with every listed layer dense."""
+        return self.total_params + sum(x.params_dense - x.params for x in self.layers)
+
+    def __str__(self) -> str:
+        def ms(t: float | None) -> str:
+            return "-" if t is None else f"{t * 1e3:.3f}"
+
+        head = ("layer", "type", "K x N", "full", "rank", "params", "FLOPs/pos", "dense ms",
+                "lowrank ms", "note")  # fmt: skip
+        rows = [head]
+        for x in self.layers:
+            rows.append(
+                (
+                    x.fqn,
+                    x.kind,
+                    f"{x.in_size}x{x.out_size}",
+                    str(x.full_rank),
+                    "dense" if x.rank is None else str(x.rank),
+                    f"{x.params_dense:,} -> {x.params:,}",
+                    f"{x.flops_dense:,} -> {x.flops:,}",
+                    ms(x.dense_s),
+                    ms(x.lowrank_s),
+                    x.reason or "",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+        n_low = sum(x.rank is not None for x in self.layers)
+        lines.append(
+            f"{n_low}/{len(self.layers)} layers low-rank; model parameters "
+            f"{self.params_dense:,} dense -> {self.total_params:,} now "
+            f"({self.total_params / max(self.params_dense, 1):.1%})"
+        )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module) -> ModelSummary:
+    """Every Linear / Conv2d / Conv1D layer of ``model`` (dense or low-rank) with its rank,
+    parameters and FLOPs dense vs now, why it is dense, and measured times if profiled.
+
+    Returns a ``ModelSummary`` (iterable of ``LayerSummary``; ``print`` it for a table).
+    """
+    _, skipped = _scan(model, None)
+    records = model.__dict__.get(_RECORDS, {})
+    walk, _ = _walk(model)
+    layers = []
+    for fqn, module, _ in walk:
+        if isinstance(module, _LOWRANK_TYPES):
+            kind = (
+                "Conv2d"
+                if isinstance(module, LowRankConv2d)
+                else getattr(module, _ORIGIN, "Linear")
+            )
+            r: int | None = module.rank
+        elif _dense_kind(module) is not None:
+            kind, r = _dense_kind(module), None
+        else:
+            continue
+        _, k, n = layer_dims(module)
+        has_bias = getattr(module, "bias", None) is not None
+        dense_params = k * n + (n if has_bias else 0)
+        now_params = dense_params if r is None else r * (k + n) + (n if has_bias else 0)
+        rec = records.get(fqn, {})
+        reason = rec.get("reason")
+        if r is None and reason is None and fqn in skipped:
+            reason = skipped[fqn][1]
+        layers.append(
+            LayerSummary(
+                fqn=fqn,
+                kind=kind,
+                in_size=k,
+                out_size=n,
+                full_rank=min(k, n),
+                rank=r,
+                params_dense=dense_params,
+                params=now_params,
+                flops_dense=2 * k * n,
+                flops=2 * k * n if r is None else 2 * r * (k + n),
+                reason=reason,
+                dense_s=rec.get("dense_s"),
+                lowrank_s=rec.get("lowrank_s"),
+            )
+        )
+    total = sum(p.numel() for p in model.parameters())
+    return ModelSummary(layers=layers, total_params=total)
