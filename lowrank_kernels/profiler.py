@@ -11,8 +11,6 @@ median of ``repeats`` after warm-up).
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .ops.timing import median_ms
 from .rank import layer_dims
 
 __all__ = ["LayerTiming", "default_timer", "profile_layers"]
@@ -65,24 +64,7 @@ def default_timer(
             with torch.no_grad():
                 module(x)
 
-    cuda = x.device.type == "cuda"
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_ms(step, x.device, warmup=warmup, repeats=repeats) / 1e3
 
 
 def call_model(model: nn.Module, example_input: Any) -> Any:

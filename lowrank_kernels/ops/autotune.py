@@ -13,7 +13,6 @@ CUDA graph is being captured, and when ``LOWRANK_KERNELS_AUTOTUNE=0``.
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -21,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from .backends.base import ChainBackend
+from .timing import median_ms
 
 Timer = Callable[[Callable[[], object]], float]
 
@@ -49,20 +49,9 @@ def m_bucket(M: int) -> int:
     return 1 << max(M - 1, 0).bit_length()
 
 
-def cuda_event_timer(fn: Callable[[], object], warmup: int = 2, repeats: int = 5) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def cuda_event_timer(fn: Callable[[], object]) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA stream (2 warm-up, 5 timed runs)."""
+    return median_ms(fn, torch.device("cuda"))
 
 
 def _autotune_enabled() -> bool:
