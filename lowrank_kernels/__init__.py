@@ -3,7 +3,7 @@ low-rank training strategies for PyTorch. See DESIGN §3 for the public contract
 
 from ._version import __version__
 from .convert import candidate_layers, factorize, merge, restore, summary
-from .nn import LowRankConv2d, LowRankLinear
+from .nn import LoRALinear, LowRankConv2d, LowRankLinear
 from .ops import (
     available_backends,
     clear_dispatch_cache,
@@ -16,6 +16,7 @@ from .profiler import profile_layers
 from .rank import StableRankTracker, stable_rank, stable_ranks
 
 __all__ = [
+    "LoRALinear",
     "LowRankConv2d",
     "LowRankLinear",
     "StableRankTracker",

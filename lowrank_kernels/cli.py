@@ -54,6 +54,117 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str) -> object:
+    """``"8"`` → 8, ``"0.25"`` → 0.25, ``"true"`` → True, ``"none"`` → None, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _strategy_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    kwargs: dict[str, object] = {}
+    for item in args.opt or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--opt expects KEY=VALUE, got {item!r}")
+        kwargs[key.strip()] = _parse_value(value)
+    if args.rank is not None:
+        rank_arg = {"fixed": "rank", "relora": "rank", "inrank": "init_rank"}.get(args.method)
+        if rank_arg is None:
+            raise SystemExit(
+                f"--rank is not used by --method {args.method} "
+                "(full trains dense; cuttlefish chooses its ranks from the stable ranks)"
+            )
+        kwargs[rank_arg] = _parse_value(args.rank)
+    return kwargs
+
+
+def _print_report(report: dict) -> None:
+    ranks = report["ranks"]
+    rank_text = (
+        "dense"
+        if not ranks
+        else f"{len(ranks)} layers, ranks {min(ranks.values())}-{max(ranks.values())}"
+    )
+    rows = [
+        ("method", report["method"]),
+        ("model", f"{report['model']} on {report['device']}, backend {report['backend']}"),
+        ("switch step", str(report["switch_step"])),
+        ("low-rank layers", rank_text),
+        ("parameters", f"{report['params_before']:,} -> {report['params_after']:,}"),
+        ("train time", f"{report['train_time_s']:.1f} s"),
+        (f"{report['items']}/s", f"{report['tokens_per_s']:,.0f}"),
+        ("final train loss", f"{report['final_train_loss']:.4f}"),
+        ("final val loss", f"{report['final_val_loss']:.4f}"),
+    ]
+    if report.get("final_val_accuracy") is not None:
+        rows.append(("final val accuracy", f"{report['final_val_accuracy']:.2%}"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lowrank_kernels.train import TrainConfig, Trainer, write_report
+    from lowrank_kernels.train.trainer import is_main_process
+
+    log = None if args.quiet else print
+    if args.resume:
+        trainer = Trainer.from_checkpoint(args.resume, progress=not args.no_progress, log=log)
+    else:
+        steps, epochs = args.steps, args.epochs
+        if steps is None and epochs is None:
+            steps, epochs = (300, None) if args.model == "gpt" else (None, 20)
+        config = TrainConfig(
+            model=args.model,
+            method=args.method,
+            steps=steps,
+            epochs=epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            eval_every=args.eval_every,
+            seed=args.seed,
+            device=args.device,
+            strategy_kwargs=_strategy_kwargs(args),
+        )
+        trainer = Trainer(config, progress=not args.no_progress, log=log)
+    trainer.fit()
+    report = trainer.report()
+    if args.save and is_main_process():
+        trainer.save(args.save)
+    _print_report(report)
+    if args.report and write_report(report, args.report):
+        print(f"report written to {args.report}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lowrank_kernels.train import format_demo, run_demo, write_report
+
+    result = run_demo(
+        quick=args.quick,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        log=None if args.quiet else print,
+    )
+    print(format_demo(result))
+    print(f"demo wall time {result['wall_time_s']:.1f} s")
+    if args.report and write_report(result, args.report):
+        print(f"report written to {args.report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowrank-kernels",
@@ -62,6 +173,61 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print versions, the GPU and the available backends")
     info.set_defaults(func=_info)
+
+    train = sub.add_parser(
+        "train",
+        help="train a small model full-rank or with a low-rank strategy",
+        description="Train the char-level GPT (pydoc text) or the digits CNN with one "
+        "method and print (and optionally write) a JSON report.",
+    )
+    train.add_argument("--model", choices=("gpt", "cnn"), default="gpt")
+    train.add_argument(
+        "--method", choices=("full", "fixed", "cuttlefish", "relora", "inrank"), default="full"
+    )
+    train.add_argument(
+        "--rank",
+        help="fixed: int or ratio of full rank (e.g. 0.25) or 'stable'; relora: LoRA rank; "
+        "inrank: initial rank",
+    )
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (gpt default 300)")
+    length.add_argument(
+        "--epochs", type=float, help="epochs over the training split (cnn default 20)"
+    )
+    train.add_argument("--batch-size", type=int, help="per-step batch (default: the task's)")
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--warmup-steps", type=int, default=20)
+    train.add_argument("--eval-every", type=int, help="steps between validation passes")
+    train.add_argument(
+        "--opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="strategy option, repeatable (e.g. --opt cycle=50 --opt track_every=10)",
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    train.add_argument("--report", help="write the JSON report here (rank 0 only)")
+    train.add_argument("--save", help="write a checkpoint here at the end")
+    train.add_argument("--resume", help="continue from a checkpoint (ignores the run options)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--quiet", action="store_true", help="no log lines")
+    train.set_defaults(func=_train)
+
+    demo = sub.add_parser(
+        "demo",
+        help="train a char-level GPT full-rank and with Cuttlefish and compare",
+        description="Trains a small character-level GPT on Python's own pydoc text once "
+        "full-rank and once with Cuttlefish, then prints per-layer ranks, parameters, "
+        "tokens/s, validation losses and the speedup.",
+    )
+    demo.add_argument("--quick", action="store_true", help="tiny configuration (seconds)")
+    demo.add_argument("--report", help="write both runs' JSON reports here")
+    demo.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--quiet", action="store_true", help="no log lines")
+    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -2,5 +2,6 @@
 
 from .conv import LowRankConv2d
 from .linear import LowRankLinear, truncated_svd_factors
+from .lora import LoRALinear
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "truncated_svd_factors"]
+__all__ = ["LoRALinear", "LowRankConv2d", "LowRankLinear", "truncated_svd_factors"]

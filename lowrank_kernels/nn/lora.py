@@ -103,8 +103,7 @@ class LoRALinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(
-                f"LoRALinear.from_linear: linear must be an nn.Linear, got "
-                f"{type(linear).__name__}"
+                f"LoRALinear.from_linear: linear must be an nn.Linear, got {type(linear).__name__}"
             )
         weight = linear.weight.detach()
         module = cls(

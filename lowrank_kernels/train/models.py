@@ -83,7 +83,7 @@ class CharGPT(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]
-        if T > self.block_size:
+        if self.block_size < T:
             raise ValueError(f"CharGPT: sequence length {T} exceeds block_size {self.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)
