@@ -333,12 +333,12 @@ def predict(args: argparse.Namespace) -> None:
             )
 
 
-def write_rows(rows: list[dict[str, object]], path: Path) -> None:
+def write_rows(rows: list[dict[str, object]], path: Path, fields: list[str] = CSV_FIELDS) -> None:
     """Append rows to ``path`` (header written when the file is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerows(rows)

@@ -165,6 +165,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.suite}.py"
+    if not script.is_file():
+        print(
+            f"lowrank-kernels bench: {script} not found; the benchmarks live in the source "
+            "checkout (install it with `pip install -e .` from a clone)",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.options])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowrank-kernels",
@@ -228,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--quiet", action="store_true", help="no log lines")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the kernel microbenchmarks or the end-to-end benchmark",
+        description="Runs benchmarks/kernels.py or benchmarks/e2e.py from the source "
+        "checkout; options after the suite name are passed on (see their --help).",
+    )
+    bench.add_argument("suite", choices=("kernels", "e2e"))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -96,3 +96,27 @@ def test_report_speedups_and_readme_section(tmp_path):
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "FakeGPU (CUDA figures)" in text and "2.00× (1.00–3.00)" in text
+
+
+def test_e2e_benchmark_cpu_smoke(tmp_path):
+    e2e = _import_benchmark("e2e")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowrank_kernels", "bench", "e2e", "--device", "cpu",
+         "--preset", "cpu", "--steps", "6", "--methods", "full,fixed", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with (tmp_path / "e2e.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == e2e.CSV_FIELDS
+    full, fixed = rows
+    assert (full["method"], fixed["method"]) == ("full", "fixed")
+    assert int(fixed["params"]) < int(full["params"])
+    assert float(full["speedup_vs_full"]) == 1.0
+    ratio = float(fixed["tokens_per_s"]) / float(full["tokens_per_s"])
+    assert math.isclose(float(fixed["speedup_vs_full"]), ratio, rel_tol=1e-2)
+    for row in rows:
+        assert int(row["steps"]) == 6 and row["device_kind"] == "cpu" and row["git_commit"]
+        assert math.isfinite(float(row["final_val_loss"]))
+        assert float(row["decode_ms_b1"]) > 0 and float(row["decode_ms_b8"]) > 0
+    assert "| fixed |" in (tmp_path / "e2e.md").read_text()
