@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch._functorch.config as functorch_config
 import torch.nn.functional as F
 
 import lowrank_kernels as lrk
@@ -159,6 +160,8 @@ def make_callable(provider: str, mode: str, x, V, U, b, dy) -> tuple[Callable[[]
     elif provider == "torch_chain":
         fwd = lambda: torch.addmm(b, x @ V, U)
     elif provider == "torch_compile":
+        # "bwd" replays one graph's backward (retain_graph=True), which donated buffers forbid
+        functorch_config.donated_buffer = False
         compiled = torch.compile(lambda x, V, U, b: (x @ V) @ U + b, fullgraph=True)
         fwd = lambda: compiled(x, V, U, b)
     elif provider == "dense":
@@ -207,13 +210,11 @@ def provenance(device: torch.device) -> dict[str, str]:
 
         triton_version = triton.__version__
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
+        git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                         timeout=10).stdout.strip()  # fmt: skip
+        commit = git("rev-parse", "--short", "HEAD")
+        if commit and git("status", "--porcelain", "--untracked-files=no"):
+            commit += "-dirty"  # the figures are not from exactly this commit
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {

@@ -173,6 +173,11 @@ def performance_section(
         for png in plots.get(d, []):
             out.append(f"![{png.stem}]({rel(png)})")
         out.append("")
+        e2e = d / "e2e.md"
+        if e2e.exists():
+            # the end-to-end table as e2e.py wrote it, under this device's heading
+            out.extend(line for line in e2e.read_text().splitlines()[1:] if line.strip())
+            out.append("")
     out.append(END)
     return "\n".join(out)
 
