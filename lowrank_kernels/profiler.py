@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .ops import check_int
 from .ops.timing import median_ms
 from .rank import layer_dims
 
@@ -109,8 +110,7 @@ def profile_layers(
     """
     from .convert import _check_layer_rank, _dense_kind, lowrank_like
 
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    check_int(repeats, "repeats", owner="profile_layers")
     named = dict(model.named_modules())
     targets: dict[str, nn.Module] = {}
     for fqn, r in ranks.items():

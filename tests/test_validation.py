@@ -94,7 +94,7 @@ def test_module_rejects_bad_rank_and_features():
         lrk.LowRankLinear(4, 8, 0)
     with pytest.raises(TypeError, match="rank must be an int"):
         lrk.LowRankLinear(4, 8, 2.5)
-    with pytest.raises(ValueError, match="in_features must be a positive int"):
+    with pytest.raises(ValueError, match="LowRankLinear: in_features must be an int >= 1, got 0"):
         lrk.LowRankLinear(0, 8, 1)
     with pytest.raises(TypeError, match=r"linear must be an nn\.Linear"):
         lrk.LowRankLinear.from_linear(torch.nn.Conv2d(2, 2, 1), 1)

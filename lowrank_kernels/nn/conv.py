@@ -18,13 +18,8 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from ..ops import check_int
 from .linear import truncated_svd_factors
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"LowRankConv2d: {name} must be a positive int, got {value!r}")
-    return value
 
 
 def _conv_rank(rank: object, in_channels: int, out_channels: int, kernel: tuple[int, int]) -> int:
@@ -81,11 +76,11 @@ class LowRankConv2d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
+        self.in_channels = check_int(in_channels, "in_channels", owner="LowRankConv2d")
+        self.out_channels = check_int(out_channels, "out_channels", owner="LowRankConv2d")
         kernel = _pair(kernel_size)
         for k in kernel:
-            _positive_int("kernel_size", k)
+            check_int(k, "kernel_size", owner="LowRankConv2d")
         self.kernel_size: tuple[int, int] = (int(kernel[0]), int(kernel[1]))
         self.rank = _conv_rank(rank, in_channels, out_channels, self.kernel_size)
         factory = {"device": device, "dtype": dtype}

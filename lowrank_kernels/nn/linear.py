@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..ops import check_rank, lowrank_linear
+from ..ops import check_int, check_rank, lowrank_linear
 
 
 def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,9 +58,8 @@ class LowRankLinear(nn.Module):
         recompute_intermediate: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LowRankLinear: {name} must be a positive int, got {value!r}")
+        check_int(in_features, "in_features", owner="LowRankLinear")
+        check_int(out_features, "out_features", owner="LowRankLinear")
         self.in_features = in_features
         self.out_features = out_features
         self.rank = check_rank(rank, in_features, out_features)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import check_rank, lowrank_linear
+from ..ops import check_int, check_rank, lowrank_linear
 
 
 class LoRALinear(nn.Module):
@@ -45,9 +45,8 @@ class LoRALinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LoRALinear: {name} must be a positive int, got {value!r}")
+        check_int(in_features, "in_features", owner="LoRALinear")
+        check_int(out_features, "out_features", owner="LoRALinear")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
             raise ValueError(f"LoRALinear: scale must be a positive float, got {scale!r}")
         self.in_features = in_features

@@ -9,10 +9,11 @@ from .dispatch import (
     set_backend,
 )
 from .linear import lowrank_linear
-from .validation import check_linear_inputs, check_rank
+from .validation import check_int, check_linear_inputs, check_rank
 
 __all__ = [
     "available_backends",
+    "check_int",
     "check_linear_inputs",
     "check_rank",
     "clear_dispatch_cache",

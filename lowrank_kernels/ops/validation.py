@@ -84,6 +84,18 @@ def check_linear_inputs(
             )
 
 
+def check_int(value: object, name: str, *, minimum: int = 1, owner: str = "") -> int:
+    """Return ``value`` after checking it is an int (not a bool) ``>= minimum``.
+
+    The error names ``owner: name`` and the bound, e.g. ``"LowRankLinear: in_features must
+    be an int >= 1, got 0"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def check_rank(rank: object, in_features: int, out_features: int, *, arg: str = "rank") -> int:
     """Return ``rank`` as an int after checking ``1 <= rank <= min(in_features, out_features)``."""
     if isinstance(rank, bool) or not isinstance(rank, int):

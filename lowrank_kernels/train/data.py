@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import check_int
 from .models import CharGPT, DigitsCNN, cnn_filter, gpt_filter
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -95,9 +96,8 @@ class CharLMTask(Task):
         eval_batches: int = 8,
         model_kwargs: dict | None = None,
     ) -> None:
-        for arg, value in (("batch_size", batch_size), ("block_size", block_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"CharLMTask: {arg} must be a positive int, got {value!r}")
+        check_int(batch_size, "batch_size", owner="CharLMTask")
+        check_int(block_size, "block_size", owner="CharLMTask")
         self.config = {
             "batch_size": batch_size,
             "block_size": block_size,
@@ -166,8 +166,7 @@ class DigitsTask(Task):
     ) -> None:
         from sklearn.datasets import load_digits
 
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"DigitsTask: batch_size must be a positive int, got {batch_size!r}")
+        check_int(batch_size, "batch_size", owner="DigitsTask")
         self.config = {
             "batch_size": batch_size,
             "seed": seed,
