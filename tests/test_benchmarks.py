@@ -89,6 +89,10 @@ def test_report_speedups_and_readme_section(tmp_path):
     assert "2.00× (1.00–3.00)" in table  # median of 3.0 and 1.0 over the chain
     assert "4.00× (4.00–4.00)" in table  # 4/1 and 8/2 over dense
 
+    pngs = report.plot_device(loaded, device_dir)
+    assert [p.name for p in pngs] == ["triton_fwd_bf16_K64_N64.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nstale\n{report.END}\noutro\n")
     assert report.main(["--no-plots", "--results", str(tmp_path / "results"),
@@ -96,6 +100,11 @@ def test_report_speedups_and_readme_section(tmp_path):
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "FakeGPU (CUDA figures)" in text and "2.00× (1.00–3.00)" in text
+    assert "![triton_fwd_bf16_K64_N64](results/FakeGPU/triton_fwd_bf16_K64_N64.png)" not in text
+    report.main(["--results", str(tmp_path / "results"), "--readme", str(readme)])
+    assert "![triton_fwd_bf16_K64_N64](results/FakeGPU/triton_fwd_bf16_K64_N64.png)" in (
+        readme.read_text()
+    )
 
 
 def test_e2e_benchmark_cpu_smoke(tmp_path):
