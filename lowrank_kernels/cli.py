@@ -140,7 +140,9 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(config, progress=not args.no_progress, log=log)
     trainer.fit()
     report = trainer.report()
-    if args.save and is_main_process():
+    if not is_main_process():
+        return 0  # rank 0 speaks for the run: one report, one checkpoint
+    if args.save:
         trainer.save(args.save)
     _print_report(report)
     if args.report and write_report(report, args.report):

@@ -13,6 +13,11 @@ owns the loop. Hooks, in the order the trainer calls them:
 * ``state_dict()`` / ``load_state_dict(state)`` and ``restore_model(trainer, model_state)``
   for checkpoints: the latter rebuilds the saved structure and loads the weights strictly.
 
+Under ``torchrun`` every decision (convergence, ranks, profiler verdicts, growth) is made on
+rank 0 and broadcast (:mod:`lowrank_kernels.distributed`), so every process changes the
+structure at the same step in the same way; the trainer then copies rank 0's weights to
+the other processes and re-wraps the model.
+
 Layers are changed only through the public API (``convert.factorize`` / ``restore``,
 ``LowRankLinear``, ``LowRankConv2d``, ``LoRALinear``), so GPUs get the fused kernels.
 """
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from .. import convert, rank
+from .. import distributed as dist_utils
 from ..nn import LoRALinear, LowRankConv2d, LowRankLinear
 from .schedule import jagged_cosine, rewarm, warmup_cosine
 
@@ -319,20 +325,46 @@ class Cuttlefish(Strategy):
             return False
         converged = False
         if done % self.track_every == 0:
-            self.tracker.update()
+            # Rank 0 measures and decides; the others take its measurement, so every
+            # process holds the same history and switches at the same step.
+            latest = self.tracker.update() if dist_utils.is_main_process() else None
+            latest = dist_utils.broadcast_object(latest)
+            if not dist_utils.is_main_process():
+                for f, s in latest.items():
+                    self.tracker.history[f].append(s)
             self.measured_at.append(done)
             converged = self.tracker.converged(**self.detector)
         if converged and done >= self.min_switch_step:
-            self.switch_reason = "stable ranks converged"
+            reason = "stable ranks converged"
         elif done >= self.max_switch_step:
-            self.switch_reason = "max_switch_step reached"
+            reason = "max_switch_step reached"
         else:
+            reason = None
+        if done % self.track_every == 0 or done >= self.max_switch_step:
+            # The verdict is rank 0's too (a collective only on steps where one is possible).
+            reason = dist_utils.broadcast_object(reason)
+        if reason is None:
             return False
+        self.switch_reason = reason
         self._switch(trainer, done)
         return True
-        return False
 
     def _switch(self, trainer: Trainer, done: int) -> None:
+        self.switch_step = done
+        if not dist_utils.is_main_process():
+            # Rank 0 chose the ranks and the profiler's verdicts (timings differ between
+            # processes); here only its decision is applied. The factor values are then
+            # overwritten with rank 0's by the trainer's broadcast.
+            self.scaled_ranks, self.switch_ranks = dist_utils.broadcast_object(None)
+            if self.switch_ranks:
+                convert.factorize(
+                    trainer.model,
+                    dict(self.switch_ranks),
+                    trainer.task.filter_fn,
+                    rank_multiple=1,
+                    skip_unprofitable=False,
+                )
+            return
         self.scaled_ranks = self.tracker.scaled_ranks(self.rank_multiple)
         example = trainer.task.example_input(trainer.device) if self.profile else None
         self.switch_ranks = convert.factorize(
@@ -346,7 +378,7 @@ class Cuttlefish(Strategy):
             profile_backward=True,
             profile_repeats=self.profile_repeats,
         )
-        self.switch_step = done
+        dist_utils.broadcast_object((self.scaled_ranks, self.switch_ranks))
 
     def report(self) -> dict[str, Any]:
         history = self.tracker.history if self.tracker is not None else {}
@@ -503,6 +535,9 @@ class ReLoRA(Strategy):
             if not isinstance(module, LoRALinear):
                 continue
             module.merge_and_reinit()
+            if dist_utils.is_distributed():
+                # A is re-drawn from each process's RNG: use rank 0's draw everywhere.
+                torch.distributed.broadcast(module.A.data, src=0)
             for p in (module.A, module.B):
                 state = trainer.optimizer.state.get(p, {})
                 for key in ("exp_avg", "exp_avg_sq"):
@@ -701,8 +736,15 @@ class InRank(Strategy):
         if done < self.warmup or (done - self.warmup) % self.gap:
             return False
         changed = False
-        for fqn, s in self.spectra(model).items():
-            k = rank.explained_ratio_rank(s, self.threshold)
+        # Rank 0 computes the spectra and the new ranks; every process applies them.
+        picked = None
+        if dist_utils.is_main_process():
+            picked = {
+                fqn: rank.explained_ratio_rank(s, self.threshold)
+                for fqn, s in self.spectra(model).items()
+            }
+        picked = dist_utils.broadcast_object(picked)
+        for fqn, k in picked.items():
             module = modules[fqn]
             full = rank.full_rank(module)
             if k <= self.current[fqn]:

@@ -10,6 +10,15 @@ A checkpoint holds the config, the strategy's state (which encodes the structure
 the weights, the optimizer state and the torch RNG states; :meth:`Trainer.from_checkpoint`
 rebuilds the task and the dense model from the config, lets the strategy re-create the
 saved structure, and continues bit-exactly on the same device.
+
+Under ``torchrun --nproc_per_node N`` (env ``WORLD_SIZE`` > 1) the trainer initialises the
+process group itself (nccl on CUDA, gloo otherwise), trains a
+``DistributedDataParallel`` wrapper of the model (process ``r`` of ``N`` takes the batch
+of index ``step·N + r``, so the global batch is N times the per-process one), lets rank 0
+make every structural decision (see :mod:`lowrank_kernels.distributed`), copies rank 0's
+weights to all processes and re-wraps the model after each structural change, and writes
+checkpoints on rank 0 only. A checkpoint holds the unwrapped model and resumes on any
+world size (with a different world size the batch stream differs, so not bit-exactly).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as dist_utils
 from ..ops import dispatch_decisions, get_backend, resolve_backend
 from .data import Task, make_task
 from .strategies import Strategy, make_strategy
@@ -119,7 +129,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def is_main_process() -> bool:
     """True unless running as a non-zero rank under ``torchrun`` (env ``RANK``)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return dist_utils.is_main_process()
 
 
 class Trainer:
@@ -141,7 +151,12 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.log = log
-        self.device = resolve_device(config.device)
+        # Under torchrun: join the process group, one device per process.
+        self.device = dist_utils.init_from_env(resolve_device(config.device))
+        self.rank = dist_utils.get_rank()
+        self.world_size = dist_utils.get_world_size()
+        if self.rank != 0:  # one progress bar and one log, from rank 0
+            self.progress, self.log = False, None
         self.amp = config.amp if config.amp is not None else self.device.type == "cuda"
         task_kwargs = dict(config.task_kwargs)
         if config.batch_size is not None:
@@ -162,6 +177,7 @@ class Trainer:
         self.strategy: Strategy = make_strategy(config.method, **config.strategy_kwargs)
         self.params_before = count_parameters(self.model)
         self.optimizer: torch.optim.Optimizer | None = None
+        self._ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, if any
         self.step = 0
         self.losses: list[float] = []
         self.evals: list[dict[str, Any]] = []
@@ -187,6 +203,28 @@ class Trainer:
                 if p in old.state:
                     self.optimizer.state[p] = old.state[p]
 
+    # -- distributed --------------------------------------------------------------------------
+
+    def _wrap(self) -> None:
+        """(Re-)wrap the current model in DDP; without a process group, train it directly."""
+        self._ddp = None  # drop the old wrapper (and its reducer hooks) first
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def train_model(self) -> nn.Module:
+        """The module the training forward runs through: the DDP wrapper or the model."""
+        return self._ddp if self._ddp is not None else self.model
+
+    def _structure_changed(self) -> None:
+        """After a structural change: same weights everywhere, new optimizer, new wrapper."""
+        dist_utils.broadcast_module_(self.model)
+        self.rebuild_optimizer()
+        self._wrap()
+
     # -- the loop -----------------------------------------------------------------------------
 
     def _autocast(self):
@@ -200,14 +238,17 @@ class Trainer:
         """Run optimizer step ``self.step``; returns its training loss."""
         if self.optimizer is None:
             self.strategy.setup(self)
-            self.rebuild_optimizer()
+            self._structure_changed()
+        elif self.world_size > 1 and self._ddp is None:  # resumed from a checkpoint
+            self._wrap()
         factor = self.strategy.lr_factor(self.step, self)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * factor
-        x, y = self.task.train_batch(self.step, self.device)
+        # Process r of N takes batch step·N + r (one process: batch `step`, as before).
+        x, y = self.task.train_batch(self.step * self.world_size + self.rank, self.device)
         self.model.train()
         with self._autocast():
-            loss = self.task.loss(self.model(x), y)
+            loss = self.task.loss(self.train_model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip is not None:
@@ -215,13 +256,14 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
         self.strategy.decay_factors(self.model, self.config.lr * factor * self.config.weight_decay)
-        value = float(loss.detach())
+        # The mean over processes, so every process records (and reports) the same losses.
+        value = dist_utils.all_reduce_mean(float(loss.detach()), self.device)
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {self.step}")
         self.losses.append(value)
         self.step += 1
         if self.strategy.after_step(self, self.step):
-            self.rebuild_optimizer()
+            self._structure_changed()
             if self.log is not None:
                 ranks = self.strategy.ranks(self.model)
                 self.log(
@@ -254,7 +296,7 @@ class Trainer:
                 self._sync()
                 elapsed = time.perf_counter() - start
                 self.phase_time[phase] += elapsed
-                self.phase_items[phase] += self.task.items_per_batch
+                self.phase_items[phase] += self.task.items_per_batch * self.world_size
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(self._postfix(loss, elapsed), refresh=False)
@@ -268,7 +310,7 @@ class Trainer:
     def _postfix(self, loss: float, elapsed: float) -> str:
         ranks = list(self.strategy.ranks(self.model).values())
         rank_str = "full" if not ranks else f"{min(ranks)}-{max(ranks)}"
-        rate = self.task.items_per_batch / max(elapsed, 1e-9)
+        rate = self.task.items_per_batch * self.world_size / max(elapsed, 1e-9)
         return f"loss={loss:.3f} {self.task.items_name}/s={rate:,.0f} ranks={rank_str}"
 
     def _sync(self) -> None:
@@ -340,6 +382,7 @@ class Trainer:
             "final_val_loss": final_eval["val_loss"],
             "final_val_accuracy": final_eval.get("val_accuracy"),
             "steps": self.step,
+            "world_size": self.world_size,
             "evals": list(self.evals),
             "strategy": self.strategy.report(),
             "config": self.config.to_dict(),
@@ -370,8 +413,12 @@ class Trainer:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a checkpoint to ``path`` (``torch.save``)."""
-        torch.save(self.state_dict(), path)
+        """Write a checkpoint to ``path`` (``torch.save``); under torchrun on rank 0 only.
+
+        No collective is involved, so calling it from rank 0 alone is fine too.
+        """
+        if self.rank == 0:
+            torch.save(self.state_dict(), path)
 
     @classmethod
     def from_checkpoint(

@@ -1,0 +1,150 @@
+"""Lightning integration: a ``Callback`` that runs a low-rank strategy inside ``Trainer.fit``.
+
+:class:`LowRankCallback` calls a :mod:`lowrank_kernels.train` strategy (Cuttlefish,
+ReLoRA, InRank, fixed) after every optimizer step. When the strategy replaced layers
+(the Cuttlefish switch, InRank growth), the optimizers are re-created **through the
+Lightning strategy** (``trainer.strategy.setup_optimizers``, which calls the module's
+``configure_optimizers`` again on the new parameters), Adam state is carried over for
+every surviving parameter, and each LR scheduler is moved to the current step.
+
+The LR shape stays the one ``configure_optimizers`` returns; to get the strategy's own
+shape (warm-up, cosine, the re-warm-up after the switch) use
+``LambdaLR(opt, callback.lr_factor)``.
+
+Single-process only for structural switches: under a multi-process Lightning strategy
+(DDP/FSDP) the running loop holds the old wrapper, so a switch raises; use
+:class:`lowrank_kernels.train.Trainer` under ``torchrun`` for that.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ..train.strategies import Strategy
+from ._common import StrategyView, as_strategy, carry_state, unwrap_optimizer
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without lightning
+    raise ImportError(
+        "lowrank_kernels.integrations.lightning needs Lightning: "
+        "pip install 'lowrank-kernels[lightning]'"
+    ) from exc
+
+__all__ = ["LowRankCallback"]
+
+
+class LowRankCallback(pl.Callback):
+    """Runs ``strategy`` on a ``LightningModule`` during ``fit``.
+
+    Args:
+        strategy: a :class:`~lowrank_kernels.train.strategies.Strategy` or its name.
+        strategy_kwargs: the strategy's arguments when ``strategy`` is a name.
+        filter_fn: ``(module, fqn) -> bool`` over the ``LightningModule``'s layers.
+        example_input: model input for Cuttlefish's profiler (``profile=True``), or a
+            callable returning one.
+        warmup_steps, min_lr_ratio: the shape :meth:`lr_factor` returns.
+        weight_decay: λ of the decoupled Frobenius decay of the low-rank factors (give
+            your optimizer's weight decay; factors should get none from the optimizer).
+
+    Attributes:
+        structure_changes: global steps after which the structure changed.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy | str = "cuttlefish",
+        strategy_kwargs: dict[str, Any] | None = None,
+        *,
+        filter_fn: Callable[[nn.Module, str], bool] | None = None,
+        example_input: Any = None,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.strategy = as_strategy(strategy, strategy_kwargs)
+        self._filter_fn = filter_fn
+        self._example_input = example_input
+        self._lr = {"warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio}
+        self.weight_decay = weight_decay
+        self.view: StrategyView | None = None
+        self.structure_changes: list[int] = []
+        self._setup_done = False
+
+    def lr_factor(self, step: int) -> float:
+        """The strategy's LR multiplier for optimizer step ``step`` (for a ``LambdaLR``)."""
+        if self.view is None:  # before fit: the shape without a switch
+            return 1.0
+        return self.strategy.lr_factor(step, self.view)
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.view = StrategyView(
+            lambda: pl_module,
+            lambda: unwrap_optimizer(trainer.optimizers[0]) if trainer.optimizers else None,
+            self._filter_fn,
+            self._example_input,
+            weight_decay=self.weight_decay,
+            **self._lr,
+        )
+        self.view.total_steps = max(1, int(trainer.max_steps)) if trainer.max_steps > 0 else 1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        if total and total != float("inf"):
+            self.view.total_steps = max(1, int(total))
+            self.view.task.steps_per_epoch = max(1, int(trainer.num_training_batches))
+        if not self._setup_done:
+            self._setup_done = True
+            before = {id(p) for p in pl_module.parameters()}
+            self.strategy.setup(self.view)
+            if {id(p) for p in pl_module.parameters()} != before:
+                self._recreate_optimizers(trainer, pl_module)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.optimizers:
+            lr = unwrap_optimizer(trainer.optimizers[0]).param_groups[0]["lr"]
+            self.strategy.decay_factors(pl_module, lr * self.weight_decay)
+        step = trainer.global_step
+        if self.strategy.after_step(self.view, step):
+            self._recreate_optimizers(trainer, pl_module)
+            self.structure_changes.append(step)
+
+    # -- the rebuild ---------------------------------------------------------------------------
+
+    def _recreate_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            raise RuntimeError(
+                "LowRankCallback: a structural switch under a multi-process Lightning strategy "
+                "would leave the running loop with the old DDP/FSDP wrapper; use "
+                "lowrank_kernels.train.Trainer under torchrun for multi-process low-rank training"
+            )
+        old = list(trainer.optimizers)
+        step = trainer.global_step
+        trainer.strategy.setup_optimizers(trainer)  # configure_optimizers() on the new params
+        for i, new in enumerate(trainer.optimizers):
+            if i < len(old):
+                carry_state(old[i], unwrap_optimizer(new))
+        with warnings.catch_warnings():
+            # "lr_scheduler.step() before optimizer.step()": intended, we fast-forward
+            warnings.simplefilter("ignore", UserWarning)
+            for config in trainer.lr_scheduler_configs:
+                sched = config.scheduler
+                if config.interval == "step" and hasattr(sched, "last_epoch"):
+                    sched.last_epoch = step - 1
+                    sched.step()
