@@ -32,6 +32,7 @@ from torch import nn
 from .. import convert, rank
 from .. import distributed as dist_utils
 from ..nn import LoRALinear, LowRankConv2d, LowRankLinear
+from ..ops import check_int
 from .schedule import jagged_cosine, rewarm, warmup_cosine
 
 if TYPE_CHECKING:
@@ -138,12 +139,6 @@ def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str
     ]
 
 
-def _positive_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # Base strategy and the two simple ones
 
@@ -223,7 +218,7 @@ class Fixed(Strategy):
     ) -> None:
         super().__init__()
         self.rank = rank
-        self.rank_multiple = _positive_int("Fixed", "rank_multiple", rank_multiple)
+        self.rank_multiple = check_int(rank_multiple, "rank_multiple", owner="Fixed")
         self.skip_unprofitable = skip_unprofitable
 
     def setup(self, trainer: Trainer) -> None:
@@ -285,19 +280,21 @@ class Cuttlefish(Strategy):
     ) -> None:
         super().__init__()
         if track_every is not None:
-            _positive_int("Cuttlefish", "track_every", track_every)
+            check_int(track_every, "track_every", owner="Cuttlefish")
         if max_switch_step is not None:
-            _positive_int("Cuttlefish", "max_switch_step", max_switch_step)
+            check_int(max_switch_step, "max_switch_step", owner="Cuttlefish")
         self.track_every = track_every
         self.detector = {"span": span, "window": window, "tol": tol}
         rank.ConvergenceDetector(**self.detector)  # validates the arguments now
-        self.min_switch_step = _positive_int("Cuttlefish", "min_switch_step", min_switch_step, 0)
+        self.min_switch_step = check_int(
+            min_switch_step, "min_switch_step", minimum=0, owner="Cuttlefish"
+        )
         self.max_switch_step = max_switch_step
-        self.rank_multiple = _positive_int("Cuttlefish", "rank_multiple", rank_multiple)
+        self.rank_multiple = check_int(rank_multiple, "rank_multiple", owner="Cuttlefish")
         self.rewarm_steps = rewarm_steps
         self.profile = profile
         self.min_speedup = min_speedup
-        self.profile_repeats = _positive_int("Cuttlefish", "profile_repeats", profile_repeats)
+        self.profile_repeats = check_int(profile_repeats, "profile_repeats", owner="Cuttlefish")
         self.tracker: rank.StableRankTracker | None = None
         self.switch_ranks: dict[str, int] = {}
         self.scaled_ranks: dict[str, int] = {}
@@ -476,14 +473,16 @@ class ReLoRA(Strategy):
         warm_start_steps: int = 0,
     ) -> None:
         super().__init__()
-        self.rank = _positive_int("ReLoRA", "rank", rank)
+        self.rank = check_int(rank, "rank", owner="ReLoRA")
         self.scale = scale
-        self.cycle = _positive_int("ReLoRA", "cycle", cycle)
-        self.restart_warmup = _positive_int("ReLoRA", "restart_warmup", restart_warmup, 0)
+        self.cycle = check_int(cycle, "cycle", owner="ReLoRA")
+        self.restart_warmup = check_int(restart_warmup, "restart_warmup", minimum=0, owner="ReLoRA")
         if not isinstance(prune_ratio, (int, float)) or not 0.0 <= prune_ratio < 1.0:
             raise ValueError(f"ReLoRA: prune_ratio must be in [0, 1), got {prune_ratio!r}")
         self.prune_ratio = float(prune_ratio)
-        self.warm_start_steps = _positive_int("ReLoRA", "warm_start_steps", warm_start_steps, 0)
+        self.warm_start_steps = check_int(
+            warm_start_steps, "warm_start_steps", minimum=0, owner="ReLoRA"
+        )
         self.restarts: list[int] = []
         self.pruned_fraction: float | None = None
 
@@ -666,9 +665,9 @@ class InRank(Strategy):
         growth_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self.init_rank = _positive_int("InRank", "init_rank", init_rank)
-        self.buffer = _positive_int("InRank", "buffer", buffer)
-        self.gap = _positive_int("InRank", "gap", gap)
+        self.init_rank = check_int(init_rank, "init_rank", owner="InRank")
+        self.buffer = check_int(buffer, "buffer", owner="InRank")
+        self.gap = check_int(gap, "gap", owner="InRank")
         self.warmup = warmup
         if not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
             raise ValueError(f"InRank: threshold must be in (0, 1), got {threshold!r}")
