@@ -176,7 +176,8 @@ def performance_section(
         e2e = d / "e2e.md"
         if e2e.exists():
             # the end-to-end table as e2e.py wrote it, under this device's heading
-            out.extend(line for line in e2e.read_text().splitlines()[1:] if line.strip())
+            out.append("End-to-end training (`benchmarks/e2e.py`):")
+            out.extend(e2e.read_text().splitlines()[1:])
             out.append("")
     out.append(END)
     return "\n".join(out)
