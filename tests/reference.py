@@ -45,3 +45,34 @@ def torch_chain(x, V, U, bias=None):
 def error_bound(chain_out: torch.Tensor, ref: torch.Tensor, floor: float) -> float:
     """2× the same-dtype chain's error vs the float64 reference (DESIGN §2), at least ``floor``."""
     return max(2.0 * rel_error(chain_out, ref), floor)
+
+
+# Error floors per dtype for error_bound: below these the chain's own error is noise.
+FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4, torch.float64: 1e-12}
+
+
+def check_backend_against_reference(backend, x, V, U, b, *, recompute=False):
+    """Run ``lowrank_linear`` on ``backend`` and PyTorch's same-dtype chain, and hold the
+    backend's output and every gradient to 2× the chain's error vs float64 (DESIGN §2)."""
+    import lowrank_kernels as lrk
+
+    dtype = x.dtype
+    lrk.set_backend(backend)
+    leaves = [t.requires_grad_() for t in (x, V, U, b) if t is not None]
+    y = lrk.lowrank_linear(x, V, U, b, recompute_intermediate=recompute)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+
+    chain_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    cb = chain_leaves[3] if b is not None else None
+    chain_y = torch_chain(*chain_leaves[:3], cb)
+    chain_grads = torch.autograd.grad(chain_y, chain_leaves, dy)
+
+    ref_y = linear_reference64(x, V, U, b)
+    assert y.shape == ref_y.shape and y.dtype == dtype
+    assert rel_error(y, ref_y) <= error_bound(chain_y, ref_y, FLOOR[dtype])
+    refs = [g for g in linear_grads64(x, V, U, b, dy) if g is not None]
+    names = ["x", "V", "U", "bias"][: len(grads)]
+    for name, got, chain_got, ref in zip(names, grads, chain_grads, refs, strict=True):
+        assert got.shape == ref.shape, name
+        assert rel_error(got, ref) <= error_bound(chain_got, ref, FLOOR[dtype]), name

@@ -13,12 +13,17 @@ import torch
 
 import lowrank_kernels as lrk
 from lowrank_kernels.ops.backends.cuda_backend import extension_info, load_extension
-from tests.reference import error_bound, linear_grads64, linear_reference64, rel_error, torch_chain
+from tests.reference import (
+    FLOOR,
+    check_backend_against_reference,
+    error_bound,
+    linear_reference64,
+    rel_error,
+)
 
 HAS_C = load_extension() is not None
 needs_c = pytest.mark.skipif(not HAS_C, reason="lowrank_kernels._C is not built")
 
-FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4, torch.float64: 1e-12}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -27,29 +32,6 @@ def _factors(K, N, r, dtype, bias, device="cuda"):
     U = torch.randn(r, N, dtype=dtype, device=device) / r**0.5
     b = torch.randn(N, dtype=dtype, device=device) if bias else None
     return V, U, b
-
-
-def _check_forward_backward(x, V, U, b, dtype, *, recompute=False):
-    """Run the cuda backend and the same-dtype chain; compare both to float64."""
-    lrk.set_backend("cuda")
-    leaves = [t.requires_grad_() for t in (x, V, U, b) if t is not None]
-    y = lrk.lowrank_linear(x, V, U, b, recompute_intermediate=recompute)
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, leaves, dy)
-
-    chain_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    cb = chain_leaves[3] if b is not None else None
-    chain_y = torch_chain(*chain_leaves[:3], cb)
-    chain_grads = torch.autograd.grad(chain_y, chain_leaves, dy)
-
-    ref_y = linear_reference64(x, V, U, b)
-    assert y.shape == ref_y.shape and y.dtype == dtype
-    assert rel_error(y, ref_y) <= error_bound(chain_y, ref_y, FLOOR[dtype])
-    refs = [g for g in linear_grads64(x, V, U, b, dy) if g is not None]
-    names = ["x", "V", "U", "bias"][: len(grads)]
-    for name, got, chain_got, ref in zip(names, grads, chain_grads, refs, strict=True):
-        assert got.shape == ref.shape, name
-        assert rel_error(got, ref) <= error_bound(chain_got, ref, FLOOR[dtype]), name
 
 
 @pytest.mark.gpu
@@ -61,7 +43,7 @@ def _check_forward_backward(x, V, U, b, dtype, *, recompute=False):
 def test_forward_and_grads(M, r, bias, dtype):
     K, N = 37, 45  # not multiples of 16
     x = torch.randn(M, K, dtype=dtype, device="cuda")
-    _check_forward_backward(x, *_factors(K, N, r, dtype, bias), dtype)
+    check_backend_against_reference("cuda", x, *_factors(K, N, r, dtype, bias))
 
 
 @pytest.mark.gpu
@@ -71,7 +53,7 @@ def test_three_d_and_non_contiguous_input(dtype):
     K, N, r = 21, 19, 5
     x = torch.randn(K, 3, 7, dtype=dtype, device="cuda").permute(1, 2, 0)  # [3, 7, K] view
     assert not x.is_contiguous()
-    _check_forward_backward(x, *_factors(K, N, r, dtype, True), dtype)
+    check_backend_against_reference("cuda", x, *_factors(K, N, r, dtype, True))
 
 
 @pytest.mark.gpu
@@ -82,7 +64,7 @@ def test_strided_factors_and_recomputed_intermediate(dtype):
     x = torch.randn(9, K, dtype=dtype, device="cuda")
     V = torch.randn(r, K, dtype=dtype, device="cuda").t()  # [K, r] with transposed strides
     U = torch.randn(N + 3, r, dtype=dtype, device="cuda").t()[:, :N]
-    _check_forward_backward(x, V, U, None, dtype, recompute=True)
+    check_backend_against_reference("cuda", x, V, U, None, recompute=True)
 
 
 @pytest.mark.gpu

@@ -15,14 +15,17 @@ import torch
 import lowrank_kernels as lrk
 from lowrank_kernels.ops.autotune import MeasuredDispatch, m_bucket
 from lowrank_kernels.ops.backends import BACKENDS
-from tests.reference import error_bound, linear_grads64, linear_reference64, rel_error, torch_chain
+from tests.reference import (
+    check_backend_against_reference,
+    linear_reference64,
+    rel_error,
+)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton is not installed"
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4}
 
 
 def _factors(K, N, r, dtype, bias, device=DEVICE):
@@ -32,49 +35,27 @@ def _factors(K, N, r, dtype, bias, device=DEVICE):
     return V, U, b
 
 
-def _check_forward_backward(x, V, U, b, dtype):
-    """Run the triton backend and the same-dtype chain; compare both to float64."""
-    lrk.set_backend("triton")
-    leaves = [t.requires_grad_() for t in (x, V, U, b) if t is not None]
-    y = lrk.lowrank_linear(x, V, U, b)
-    dy = torch.randn_like(y)
-    grads = torch.autograd.grad(y, leaves, dy)
-
-    chain_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    cb = chain_leaves[3] if b is not None else None
-    chain_y = torch_chain(*chain_leaves[:3], cb)
-    chain_grads = torch.autograd.grad(chain_y, chain_leaves, dy)
-
-    ref_y = linear_reference64(x, V, U, b)
-    assert rel_error(y, ref_y) <= error_bound(chain_y, ref_y, FLOOR[dtype])
-    refs = [g for g in linear_grads64(x, V, U, b, dy) if g is not None]
-    names = ["x", "V", "U", "bias"][: len(grads)]
-    for name, got, chain_got, ref in zip(names, grads, chain_grads, refs, strict=True):
-        assert got.shape == ref.shape, name
-        assert rel_error(got, ref) <= error_bound(chain_got, ref, FLOOR[dtype]), name
-
-
 @pytest.mark.parametrize("M", [1, 5, 64, 130])
 @pytest.mark.parametrize("r", [1, 5, 16, 33])
 @pytest.mark.parametrize("bias", [True, False])
 def test_forward_and_grads_fp32(M, r, bias):
     K, N = 37, 45  # not multiples of 16
     x = torch.randn(M, K, device=DEVICE)
-    _check_forward_backward(x, *_factors(K, N, r, torch.float32, bias), torch.float32)
+    check_backend_against_reference("triton", x, *_factors(K, N, r, torch.float32, bias))
 
 
 @pytest.mark.parametrize("M,r", [(5, 3), (64, 33)])
 def test_forward_and_grads_bf16(M, r):
     K, N = 40, 23
     x = torch.randn(M, K, dtype=torch.bfloat16, device=DEVICE)
-    _check_forward_backward(x, *_factors(K, N, r, torch.bfloat16, True), torch.bfloat16)
+    check_backend_against_reference("triton", x, *_factors(K, N, r, torch.bfloat16, True))
 
 
 def test_three_d_and_non_contiguous_input():
     K, N, r = 21, 19, 5
     x = torch.randn(K, 3, 7, device=DEVICE).permute(1, 2, 0)  # [3, 7, K], a transposed view
     assert not x.is_contiguous()
-    _check_forward_backward(x, *_factors(K, N, r, torch.float32, True), torch.float32)
+    check_backend_against_reference("triton", x, *_factors(K, N, r, torch.float32, True))
 
 
 def test_strided_factors():
@@ -82,7 +63,7 @@ def test_strided_factors():
     x = torch.randn(9, K, device=DEVICE)
     V = torch.randn(r, K, device=DEVICE).t()  # [K, r] with transposed strides
     U = torch.randn(N, r, device=DEVICE).t()[:, :N]
-    _check_forward_backward(x, V, U, None, torch.float32)
+    check_backend_against_reference("triton", x, V, U, None)
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])
@@ -189,7 +170,7 @@ def test_measured_dispatch_picks_the_faster_and_caches_per_bucket():
 )
 def test_gpu_large_shapes(dtype, M, K, N, r):
     x = torch.randn(M, K, dtype=dtype, device="cuda")
-    _check_forward_backward(x, *_factors(K, N, r, dtype, True, "cuda"), dtype)
+    check_backend_against_reference("triton", x, *_factors(K, N, r, dtype, True, "cuda"))
 
 
 @pytest.mark.gpu
@@ -200,7 +181,9 @@ def test_gpu_fuzz_random_shapes():
         r = rng.randint(1, min(K, N, 300))
         dtype = rng.choice([torch.float32, torch.float16, torch.bfloat16])
         x = torch.randn(M, K, dtype=dtype, device="cuda")
-        _check_forward_backward(x, *_factors(K, N, r, dtype, rng.random() < 0.5, "cuda"), dtype)
+        check_backend_against_reference(
+            "triton", x, *_factors(K, N, r, dtype, rng.random() < 0.5, "cuda")
+        )
 
 
 @pytest.mark.gpu
