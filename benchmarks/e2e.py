@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import provenance, results_dir, write_rows
+from kernels import comma_list, provenance, results_dir, write_rows
 
 from lowrank_kernels.ops.timing import median_ms
 from lowrank_kernels.train.trainer import TrainConfig, Trainer
@@ -145,15 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         help="default: gpt2-small on a GPU, cpu on the CPU",
     )
     parser.add_argument("--steps", type=int, default=None, help="override the preset's budget")
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    parser.add_argument("--methods", type=comma_list(METHODS), default=list(METHODS))
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="default: benchmarks/results/<device>/"
     )
     args = parser.parse_args(argv)
     args.preset = args.preset or ("gpt2-small" if args.device.startswith("cuda") else "cpu")
-    unknown = sorted(set(args.methods) - set(METHODS))
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; expected a comma list of {list(METHODS)}")
 
     device = torch.device(args.device)
     meta = provenance(device)

@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -346,6 +346,21 @@ def write_rows(rows: list[dict[str, object]], path: Path, fields: list[str] = CS
     print(f"# {len(rows)} rows appended to {path}")
 
 
+def comma_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type`` for a comma list whose items must all be in ``allowed``."""
+
+    def parse(text: str) -> list[str]:
+        items = text.split(",")
+        unknown = sorted(set(items) - set(allowed))
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown}; expected a comma list of {list(allowed)}"
+            )
+        return items
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -355,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: issue3 on a GPU, cpu on the CPU",
     )
-    parser.add_argument("--providers", type=lambda s: s.split(","), default=list(PROVIDERS))
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS))
+    parser.add_argument("--modes", type=comma_list(MODES), default=list(MODES))
     parser.add_argument(
         "--out", default=None, help="CSV path (default: results/<device>/kernels.csv)"
     )
@@ -374,13 +389,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.grid is None:
         args.grid = "issue3" if args.device.startswith("cuda") else "cpu"
-    for name, allowed, values in (
-        ("--providers", PROVIDERS, args.providers),
-        ("--modes", MODES, args.modes),
-    ):
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise SystemExit(f"{name}: unknown {unknown}; expected a comma list of {list(allowed)}")
     if args.predict:
         if args.peak_tflops is None or args.peak_gbps is None:
             raise SystemExit("--predict needs --peak-tflops and --peak-gbps")

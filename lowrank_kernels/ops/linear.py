@@ -75,15 +75,13 @@ def _linear_backward(
         saved_z,
         needs,  # type: ignore[arg-type]
     )
-    out = []
-    for grad, needed, like in zip(grads, needs, (x, V, U, dy), strict=True):
-        if not needed:
-            out.append(dy.new_empty(_EMPTY_GRAD_SHAPE))
-        elif like is x:
-            out.append(grad.view(x.shape))  # type: ignore[union-attr]
-        else:
-            out.append(grad)  # type: ignore[arg-type]
-    return tuple(out)  # type: ignore[return-value]
+    dx, dV, dU, db = grads
+    if dx is not None:
+        dx = dx.view(x.shape)
+    # custom ops cannot return None: a masked-out gradient is an empty [0] tensor
+    return tuple(  # type: ignore[return-value]
+        g if g is not None else dy.new_empty(_EMPTY_GRAD_SHAPE) for g in (dx, dV, dU, db)
+    )
 
 
 @_linear_backward.register_fake
