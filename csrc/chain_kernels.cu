@@ -58,6 +58,12 @@ constexpr int kF32CW = 64;   // stage 1: columns of Z per pass over K; stage 2: 
 constexpr int kF32RK = 16;   // stage 2: rank per shared-memory tile of C
 constexpr int kF32Pad = 4;
 
+// Occupancy promised to ptxas through __launch_bounds__: with two resident blocks it may use
+// at most 128 registers per thread. The 64- and 128-row tiles hold 4-8 accumulator fragments
+// per warp and spill under that cap (nvcc 13, sm_80 and sm_90), so they ask for one block and
+// up to 255 registers; tests/test_csrc_compile.py fails on any spill.
+LRK_HD constexpr int min_blocks_per_sm(int block_m) { return block_m >= 64 ? 1 : 2; }
+
 LRK_HD constexpr size_t align128(size_t x) { return (x + 127) & ~static_cast<size_t>(127); }
 LRK_HD constexpr size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
@@ -221,10 +227,12 @@ __device__ __forceinline__ void chain_tc_body(const ChainArgs& p, int64_t r_pad)
         for (int e = lane; e < 256; e += 32) {
           const int rr = e / 16;
           const int cc = e % 16;
-          const T v = Num<T>::from_float(scratch[e]);
-          zs[(16 * i + rr) * zld + col0 + cc] = v;
           const int64_t grow = row0 + 16 * i + rr;
           const int64_t gcol = col0 + cc;
+          // Padded rank lanes must be exact zeros for stage 2 even when x holds an inf
+          // (inf·0 = NaN there would poison every output of the row).
+          const T v = Num<T>::from_float(gcol < p.R ? scratch[e] : 0.0f);
+          zs[(16 * i + rr) * zld + col0 + cc] = v;
           if (write_z && grow < p.M && gcol < p.R) zg[grow * p.R + gcol] = v;
         }
         __syncwarp();
@@ -246,7 +254,7 @@ __device__ __forceinline__ void chain_tc_body(const ChainArgs& p, int64_t r_pad)
       __syncthreads();
       LRK_UNROLL
       for (int kk = 0; kk < kTcRK; kk += 16) {
-        if (r0 + kk < r_pad) {  // block-uniform; Z's padded columns are exact zeros
+        if (r0 + kk < r_pad) {  // block-uniform; Z's padded columns are exact zeros (stage 1)
           FragB fb;
           wmma::load_matrix_sync(fb, cs + kk * LDC + 16 * fn, LDC);
           LRK_UNROLL
@@ -280,7 +288,7 @@ __device__ __forceinline__ void chain_tc_body(const ChainArgs& p, int64_t r_pad)
 }
 
 template <typename T, int BLOCK_M>
-__global__ void __launch_bounds__(kThreads) chain_tc_kernel(const ChainArgs p, const int64_t r_pad) {
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm(BLOCK_M)) chain_tc_kernel(const ChainArgs p, const int64_t r_pad) {
   if constexpr (tc_compiled_for_this_arch<T>()) {
     chain_tc_body<T, BLOCK_M>(p, r_pad);
   } else {
@@ -291,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) chain_tc_kernel(const ChainArgs p, c
 // ---- fp32 SIMT kernel ----
 
 template <int TM>
-__global__ void __launch_bounds__(kThreads) chain_f32_kernel(const ChainArgs p, const int64_t r_pad) {
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm(16 * TM)) chain_f32_kernel(const ChainArgs p, const int64_t r_pad) {
   constexpr int BLOCK_M = 16 * TM;
   constexpr int LDA = BLOCK_M + kF32Pad;  // A tile is stored transposed: [kF32BK][LDA]
   constexpr int LDB = kF32CW + kF32Pad;
@@ -344,7 +352,8 @@ __global__ void __launch_bounds__(kThreads) chain_f32_kernel(const ChainArgs p, 
       for (int j = 0; j < 4; ++j) {
         const int64_t col = chunk0 + tx + 16 * j;
         if (col < r_pad) {
-          zs[(ty + 16 * i) * zld + col] = acc[i][j];
+          // Padded rank lanes stay exact zeros even when x holds an inf (see the tc kernel).
+          zs[(ty + 16 * i) * zld + col] = col < p.R ? acc[i][j] : 0.0f;
           const int64_t grow = row0 + ty + 16 * i;
           if (write_z && grow < p.M && col < p.R) zg[grow * p.R + col] = acc[i][j];
         }

@@ -182,6 +182,29 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.options])
 
 
+def _selftest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lowrank_kernels.selftest import run_selftest
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    steps = run_selftest(
+        device=args.device,
+        out=Path(args.out) if args.out else None,
+        sanitizer=args.sanitizer,
+        bench=args.bench,
+        only=only,
+        cases=args.cases,
+        progress=not args.no_progress and args.json is None,
+    )
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        Path(args.json).write_text(json.dumps([asdict(s) for s in steps]))
+    return 0 if all(s.passed for s in steps) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowrank-kernels",
@@ -245,6 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--quiet", action="store_true", help="no log lines")
     demo.set_defaults(func=_demo)
+
+    selftest = sub.add_parser(
+        "selftest",
+        help="check every backend against float64 (and on a GPU: sanitizer, benchmarks)",
+        description="Correctness of every available backend on this machine (forward and "
+        "every gradient against a float64 reference); with CUDA optionally "
+        "compute-sanitizer and the benchmark grids. Writes everything to --out. Exit "
+        "status 0 iff every step passed.",
+    )
+    selftest.add_argument("--out", help="directory for logs, CSVs and the summary")
+    selftest.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    selftest.add_argument(
+        "--sanitizer", action="store_true", help="also run compute-sanitizer (CUDA only)"
+    )
+    selftest.add_argument(
+        "--bench",
+        choices=("none", "quick", "full"),
+        help="benchmark grids to run (default: quick on a GPU, none on the CPU)",
+    )
+    selftest.add_argument("--only", help="comma-separated backends to check (and 'auto')")
+    selftest.add_argument("--cases", choices=("cpu", "gpu", "sanitizer"), help=argparse.SUPPRESS)
+    selftest.add_argument("--json", help=argparse.SUPPRESS)  # child processes report here
+    selftest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    selftest.set_defaults(func=_selftest)
 
     bench = sub.add_parser(
         "bench",

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import rel_error
 from torch import nn
 
 import lowrank_kernels as lrk
 from lowrank_kernels.nn import LowRankConv2d
+from lowrank_kernels.testing import rel_error
 
 CONV_CASES = [
     # in, out, kernel, stride, padding, dilation, padding_mode

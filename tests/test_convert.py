@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from reference import rel_error
 from torch import nn
 
 import lowrank_kernels as lrk
 from lowrank_kernels import convert
+from lowrank_kernels.testing import rel_error
 
 # --- models ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import torch
 
 import lowrank_kernels as lrk
 from lowrank_kernels.ops.backends.cuda_backend import extension_info, load_extension
-from tests.reference import (
+from lowrank_kernels.testing import (
     FLOOR,
     check_backend_against_reference,
     error_bound,

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from reference import rel_error
 from torch import nn
 
 import lowrank_kernels as lrk
 from lowrank_kernels.nn import LoRALinear
+from lowrank_kernels.testing import rel_error
 
 
 def _forward64(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:

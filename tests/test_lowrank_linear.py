@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lowrank_kernels as lrk
-from tests.reference import linear_reference64, rel_error
+from lowrank_kernels.testing import linear_reference64, rel_error
 
 
 def test_forward_is_x_V_U_plus_bias():

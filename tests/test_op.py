@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lowrank_kernels as lrk
-from tests.reference import (
+from lowrank_kernels.testing import (
     error_bound,
     linear_grads64,
     linear_reference64,

@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from reference import rel_error
 from torch import nn
 
 from lowrank_kernels import rank as rank_mod
 from lowrank_kernels.nn import LoRALinear, LowRankConv2d, LowRankLinear
+from lowrank_kernels.testing import rel_error
 from lowrank_kernels.train import TrainConfig, Trainer, frobenius_decay_, frobenius_penalty
 
 

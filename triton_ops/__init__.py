@@ -21,6 +21,26 @@ if (
         "before the first import of triton, torch._dynamo or lowrank_kernels"
     )
 
-from .chain import ChainConfig, chain_forward, choose_config, padded_rank  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
 
-__all__ = ["INTERPRETED", "ChainConfig", "chain_forward", "choose_config", "padded_rank"]
+from .chain import (  # noqa: E402
+    SUPPORTED_DTYPES,
+    ChainConfig,
+    candidate_configs,
+    chain_aligned,
+    chain_forward,
+    rank_chunks,
+    split_for,
+)
+
+__all__ = [
+    "INTERPRETED",
+    "SUPPORTED_DTYPES",
+    "ChainConfig",
+    "OutOfResources",
+    "candidate_configs",
+    "chain_aligned",
+    "chain_forward",
+    "rank_chunks",
+    "split_for",
+]

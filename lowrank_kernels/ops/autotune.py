@@ -1,65 +1,34 @@
-"""Measured per-shape choice among backends for the ``auto`` selection on GPUs.
+"""The ``auto`` selection on GPUs: per shape, the backend it measured fastest.
 
-The first time a chain shape (bucketed M, exact K, N, r, dtype, bias, intermediate)
-is seen on a CUDA device, every backend that can run it is timed on the real
-operands (CUDA events, median of a few runs) and the fastest is cached. So ``auto``
-never runs a fused kernel that it measured slower than the PyTorch chain.
-The cache is inspectable with :func:`dispatch_decisions`.
+The first time a chain shape (bucketed M, exact K, N, r, dtype, bias, intermediate,
+operand layout: ``measurement.ChainKey``) is seen on a CUDA device, every backend that
+can run it is timed on the real operands (CUDA events, median of a few runs) and the
+fastest is cached. So ``auto`` never runs a fused kernel that it measured slower than
+the PyTorch chain. (The Triton backend tunes its own launch configuration the same way,
+see ``backends/triton_backend.py``.) The cache is inspectable with
+:func:`~lowrank_kernels.ops.dispatch.dispatch_decisions`.
 
-Measurement is skipped (preference order triton → cuda → torch instead) while a
-CUDA graph is being captured, and when ``LOWRANK_KERNELS_AUTOTUNE=0``.
+Measurement is skipped (the first runnable backend instead, nothing cached) where
+``measurement.measurement_allowed`` says so: during CUDA graph capture, and when
+``LOWRANK_KERNELS_AUTOTUNE=0``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 
 from .backends.base import ChainBackend
-from .timing import median_ms
-
-Timer = Callable[[Callable[[], object]], float]
-
-
-class ChainKey(NamedTuple):
-    """What a dispatch decision is cached on; M only by bucket, never exactly."""
-
-    device: str
-    dtype: str
-    m_bucket: int
-    K: int
-    N: int
-    r: int
-    has_bias: bool
-    write_intermediate: bool
-
-
-@dataclass(frozen=True)
-class Decision:
-    backend: str
-    times_ms: dict[str, float] = field(default_factory=dict)
-
-
-def m_bucket(M: int) -> int:
-    """The next power of two ≥ M (1 for M ≤ 1)."""
-    return 1 << max(M - 1, 0).bit_length()
-
-
-def cuda_event_timer(fn: Callable[[], object]) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream (2 warm-up, 5 timed runs)."""
-    return median_ms(fn, torch.device("cuda"))
-
-
-def _autotune_enabled() -> bool:
-    return os.environ.get("LOWRANK_KERNELS_AUTOTUNE", "1").strip().lower() not in {
-        "0",
-        "false",
-        "off",
-    }
+from .measurement import (
+    ChainKey,
+    Decision,
+    Timer,
+    chain_key,
+    cuda_event_timer,
+    measure_fastest,
+    measurement_allowed,
+)
 
 
 class MeasuredDispatch(ChainBackend):
@@ -90,29 +59,21 @@ class MeasuredDispatch(ChainBackend):
         return [b for b in self.candidates if b.unsupported_reason(device) is None]
 
     def chain(self, a, b, c, bias, write_intermediate):
-        key = ChainKey(
-            str(a.device),
-            str(a.dtype).removeprefix("torch."),
-            m_bucket(a.shape[0]),
-            a.shape[1],
-            c.shape[1],
-            b.shape[1],
-            bias is not None,
-            write_intermediate,
-        )
+        key = chain_key(a, b, c, bias, write_intermediate)
         decision = self.decisions.get(key)
         if decision is None:
             runnable = self._runnable(a.device)
-            capturing = a.is_cuda and torch.cuda.is_current_stream_capturing()
-            if len(runnable) == 1 or capturing or not _autotune_enabled():
+            if len(runnable) == 1 or not measurement_allowed(a.device):
                 return runnable[0].chain(a, b, c, bias, write_intermediate)
-            times = {
-                backend.name: self.timer(
-                    lambda backend=backend: backend.chain(a, b, c, bias, write_intermediate)
-                )
-                for backend in runnable
-            }
-            decision = Decision(min(times, key=times.__getitem__), times)
+            decision = measure_fastest(
+                {
+                    backend.name: (
+                        lambda backend=backend: backend.chain(a, b, c, bias, write_intermediate)
+                    )
+                    for backend in runnable
+                },
+                self.timer,
+            )
             self.decisions[key] = decision
-        backend = next(b for b in self.candidates if b.name == decision.backend)
+        backend = next(b for b in self.candidates if b.name == decision.choice)
         return backend.chain(a, b, c, bias, write_intermediate)

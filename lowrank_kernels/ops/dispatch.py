@@ -14,7 +14,7 @@ import os
 import torch
 
 from .autotune import MeasuredDispatch
-from .backends import BACKENDS, Backend
+from .backends import BACKENDS, TRITON, Backend
 
 ENV_VAR = "LOWRANK_KERNELS_BACKEND"
 BACKEND_NAMES = ("auto", *BACKENDS)
@@ -75,20 +75,32 @@ def resolve_backend(device: torch.device) -> Backend:
 
 
 def dispatch_decisions() -> dict[str, dict[str, object]]:
-    """The ``auto`` backend's cached per-shape choices on GPUs, with the measured times.
+    """The measured per-shape choices on GPUs: the ``auto`` backend's and the Triton
+    kernel's launch configurations, with the measured times.
 
-    Keys are ``"device dtype M<=bucket K N r bias intermediate"`` strings; values hold
-    ``backend`` and ``times_ms`` per candidate.
+    Keys are ``"device=… dtype=… m_bucket=… K=… N=… r=… has_bias=… write_intermediate=…
+    layout=…"`` strings; values hold ``backend`` and its ``times_ms`` per candidate (when
+    ``auto`` measured that shape) and ``triton_config`` and ``triton_config_times_ms``
+    (when the Triton kernel tuned it).
     """
-    return {
-        " ".join(f"{name}={value}" for name, value in key._asdict().items()): {
-            "backend": decision.backend,
-            "times_ms": dict(decision.times_ms),
-        }
-        for key, decision in _gpu_auto.decisions.items()
-    }
+    entries: dict[str, dict[str, object]] = {}
+
+    def entry(key) -> dict[str, object]:
+        return entries.setdefault(
+            " ".join(f"{name}={value}" for name, value in key._asdict().items()), {}
+        )
+
+    for key, decision in _gpu_auto.decisions.items():
+        entry(key).update(backend=decision.choice, times_ms=dict(decision.times_ms))
+    for key, decision in TRITON.config_decisions.items():
+        entry(key).update(
+            triton_config=decision.choice, triton_config_times_ms=dict(decision.times_ms)
+        )
+    return entries
 
 
 def clear_dispatch_cache() -> None:
-    """Forget the ``auto`` backend's measured choices (they are re-measured on next use)."""
+    """Forget every measured choice (backends and Triton configurations); they are
+    re-measured on next use."""
     _gpu_auto.decisions.clear()
+    TRITON.config_decisions.clear()

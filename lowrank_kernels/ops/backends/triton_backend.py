@@ -12,13 +12,25 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from types import ModuleType
 
 import torch
 
+from ..measurement import (
+    ChainKey,
+    Decision,
+    Timer,
+    chain_key,
+    cuda_event_timer,
+    measure_fastest,
+    measurement_allowed,
+)
 from .base import ChainBackend
+from .torch_backend import TorchBackend
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_PYTORCH_CHAIN = TorchBackend()
 
 
 def _interpreter_requested() -> bool:
@@ -45,10 +57,25 @@ if (
 
 
 class TritonBackend(ChainBackend):
+    """The fused Triton chain kernel, with its launch configuration measured per shape.
+
+    On CUDA tensors the first call of a shape (see ``ChainKey``) times every candidate
+    configuration the kernel offers for it (all spill-free and within shared memory on
+    sm_80 and sm_90, see ``tests/test_kernel_resources.py``) and caches the fastest.
+    A configuration the device cannot launch (e.g. less shared memory than sm_80) is
+    skipped; if none launches, the shape runs the PyTorch chain with a warning that says
+    why — never an out-of-resources error inside a forward.
+
+    Args:
+        timer: ``timer(fn) -> ms`` used to measure configurations (CUDA events by default).
+    """
+
     name = "triton"
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Timer | None = None) -> None:
         self._module: ModuleType | None = None
+        self.timer = timer or cuda_event_timer
+        self.config_decisions: dict[ChainKey, Decision] = {}
 
     def _kernels(self) -> ModuleType:
         if self._module is None:
@@ -87,4 +114,46 @@ class TritonBackend(ChainBackend):
         return f"the triton backend does not support device type {device.type!r}"
 
     def chain(self, a, b, c, bias, write_intermediate):
-        return self._kernels().chain_forward(a, b, c, bias, write_intermediate)
+        kernels = self._kernels()
+        aligned = kernels.chain_aligned(a, b, c)
+        candidates = {
+            repr(cfg): cfg
+            for cfg in kernels.candidate_configs(a.shape[0], b.shape[1], a.dtype, aligned=aligned)
+        }
+
+        def run(config):
+            return kernels.chain_forward(a, b, c, bias, write_intermediate, config=config)
+
+        key = chain_key(a, b, c, bias, write_intermediate)
+        decision = self.config_decisions.get(key)
+        if decision is not None:
+            return run(candidates[decision.choice])
+        if len(candidates) > 1 and measurement_allowed(a.device):
+            launchable = {}
+            reasons = []
+            for name, config in candidates.items():
+                try:
+                    run(config)
+                except kernels.OutOfResources as exc:
+                    reasons.append(f"{config}: {exc}")
+                else:
+                    launchable[name] = lambda config=config: run(config)
+            if launchable:
+                decision = measure_fastest(launchable, self.timer)
+                self.config_decisions[key] = decision
+                return run(candidates[decision.choice])
+        else:
+            reasons = []
+            for config in candidates.values():
+                try:
+                    return run(config)
+                except kernels.OutOfResources as exc:
+                    reasons.append(f"{config}: {exc}")
+        warnings.warn(
+            f"lowrank_linear: no Triton chain configuration launches for M={a.shape[0]}, "
+            f"K={a.shape[1]}, N={c.shape[1]}, r={b.shape[1]}, {a.dtype} on {a.device} "
+            f"({'; '.join(reasons)}); running the PyTorch chain for this shape",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _PYTORCH_CHAIN.chain(a, b, c, bias, write_intermediate)

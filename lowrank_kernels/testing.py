@@ -1,8 +1,17 @@
-"""Independent references for the tests: float64 math straight from DESIGN §2."""
+"""Test utilities: independent float64 references and the numerics rule every backend
+is held to (importable, so a new backend, a user's CI and ``lowrank-kernels selftest``
+reuse the same contract).
+
+The rule (``docs/design.md``): measured by ``‖out − ref‖ / ‖ref‖`` against float64, a
+backend's output and every gradient may have at most 2× the error of PyTorch's own
+same-dtype two-GEMM chain, or a per-dtype floor below which that error is noise.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from .ops import lowrank_linear, set_backend
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -51,15 +60,22 @@ def error_bound(chain_out: torch.Tensor, ref: torch.Tensor, floor: float) -> flo
 FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-4, torch.float64: 1e-12}
 
 
-def check_backend_against_reference(backend, x, V, U, b, *, recompute=False):
-    """Run ``lowrank_linear`` on ``backend`` and PyTorch's same-dtype chain, and hold the
-    backend's output and every gradient to 2× the chain's error vs float64 (DESIGN §2)."""
-    import lowrank_kernels as lrk
+def compare_with_reference(
+    backend, x, V, U, b, *, recompute=False
+) -> dict[str, tuple[float, float]]:
+    """Run ``lowrank_linear`` on ``backend`` and PyTorch's same-dtype chain on the same
+    operands, and return ``{name: (error, bound)}`` for the output and every gradient
+    (``"y"``, ``"x"``, ``"V"``, ``"U"``, ``"bias"``) against the float64 reference.
 
+    Selects ``backend`` (``set_backend``) as a side effect. Shapes: ``x [*, K]``,
+    ``V [K, r]``, ``U [r, N]``, ``b [N]`` or None.
+    """
     dtype = x.dtype
-    lrk.set_backend(backend)
-    leaves = [t.requires_grad_() for t in (x, V, U, b) if t is not None]
-    y = lrk.lowrank_linear(x, V, U, b, recompute_intermediate=recompute)
+    set_backend(backend)
+    # detach() keeps the operands' strides (strided views are part of what is tested)
+    leaves = [t.detach().requires_grad_() for t in (x, V, U, b) if t is not None]
+    kb = leaves[3] if b is not None else None
+    y = lowrank_linear(*leaves[:3], kb, recompute_intermediate=recompute)
     dy = torch.randn_like(y)
     grads = torch.autograd.grad(y, leaves, dy)
 
@@ -69,10 +85,24 @@ def check_backend_against_reference(backend, x, V, U, b, *, recompute=False):
     chain_grads = torch.autograd.grad(chain_y, chain_leaves, dy)
 
     ref_y = linear_reference64(x, V, U, b)
-    assert y.shape == ref_y.shape and y.dtype == dtype
-    assert rel_error(y, ref_y) <= error_bound(chain_y, ref_y, FLOOR[dtype])
+    if y.shape != ref_y.shape or y.dtype != dtype:
+        raise AssertionError(f"{backend}: y has shape {tuple(y.shape)} and dtype {y.dtype}, "
+                             f"expected {tuple(ref_y.shape)} and {dtype}")  # fmt: skip
+    result = {"y": (rel_error(y, ref_y), error_bound(chain_y, ref_y, FLOOR[dtype]))}
     refs = [g for g in linear_grads64(x, V, U, b, dy) if g is not None]
     names = ["x", "V", "U", "bias"][: len(grads)]
     for name, got, chain_got, ref in zip(names, grads, chain_grads, refs, strict=True):
-        assert got.shape == ref.shape, name
-        assert rel_error(got, ref) <= error_bound(chain_got, ref, FLOOR[dtype]), name
+        if got.shape != ref.shape:
+            raise AssertionError(f"{backend}: d{name} has shape {tuple(got.shape)}, "
+                                 f"expected {tuple(ref.shape)}")  # fmt: skip
+        result[name] = (rel_error(got, ref), error_bound(chain_got, ref, FLOOR[dtype]))
+    return result
+
+
+def check_backend_against_reference(backend, x, V, U, b, *, recompute=False) -> None:
+    """Assert the numerics rule for ``backend`` on the output and every gradient (see
+    :func:`compare_with_reference`; the operands' ``requires_grad`` is left untouched)."""
+    for name, (error, bound) in compare_with_reference(
+        backend, x, V, U, b, recompute=recompute
+    ).items():
+        assert error <= bound, f"{backend}: {name} error {error:.3g} > bound {bound:.3g}"
