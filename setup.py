@@ -133,9 +133,13 @@ ext_modules, cmdclass = build_extensions()
 
 setup(
     version=_read_version(),
-    packages=find_packages(
-        include=["lowrank_kernels", "lowrank_kernels.*", "triton_ops", "triton_ops.*"]
-    ),
+    # The Triton kernels live in triton_ops/ at the top of the repository (next to csrc/)
+    # but install inside the package's namespace: no generic top-level `triton_ops`.
+    packages=[
+        *find_packages(include=["lowrank_kernels", "lowrank_kernels.*"]),
+        "lowrank_kernels.triton_ops",
+    ],
+    package_dir={"lowrank_kernels.triton_ops": "triton_ops"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

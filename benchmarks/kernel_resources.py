@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 
 # The kernels must be compiled, not interpreted: decided when triton is first imported.
-os.environ.pop("TRITON_INTERPRET", None)
+# Set to 0 (not unset) so that importing lowrank_kernels on a machine without CUDA does
+# not opt into the interpreter.
+os.environ["TRITON_INTERPRET"] = "0"
 # Triton 3.9 warns that its default (fusion on) will change; keep what GPUs run today.
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 

@@ -4,7 +4,7 @@ Providers: ``triton`` (fused), ``cuda`` (if built), ``torch_chain`` (``(x@V)@U +
 in eager PyTorch), ``torch_compile`` (that chain under ``torch.compile``), ``dense``
 (``F.linear`` K→N, the layer a user replaces). Modes: ``fwd``, ``bwd``, ``fwdbwd``.
 
-Per row: median and 20th/80th percentile time, TFLOP/s by DESIGN §2's FLOP formula,
+Per row: median and 20th/80th percentile time, TFLOP/s by the FLOP formula of docs/design.md,
 the roofline floor ``max(FLOPs / matmul peak, bytes / copy bandwidth)`` with both
 ceilings measured in the same run, the fraction of that floor achieved, and peak
 memory. Rows are appended to ``benchmarks/results/<device name>/kernels.csv`` with
@@ -17,7 +17,7 @@ served from cache by accident). ``--device cpu`` runs a small grid with a
 
 Examples::
 
-    python benchmarks/kernels.py --grid issue3          # bf16 table of the Triton issue
+    python benchmarks/kernels.py --grid headline        # the bf16 headline table
     python benchmarks/kernels.py --grid full            # the whole grid (long)
     python benchmarks/kernels.py --device cpu --grid cpu
 """
@@ -52,9 +52,9 @@ PROVIDERS = ("triton", "cuda", "torch_chain", "torch_compile", "dense")
 MODES = ("fwd", "bwd", "fwdbwd")
 
 GRIDS: dict[str, dict[str, list]] = {
-    # issue 3's first table: bf16, K = N = 4096
-    "issue3": {"M": [16, 1024, 8192], "KN": [(4096, 4096)], "r": [64, 256], "dtype": ["bf16"]},
-    # issue 7's grid (bf16 everywhere; fp16/fp32 on the subset below)
+    # the headline table: bf16, K = N = 4096
+    "headline": {"M": [16, 1024, 8192], "KN": [(4096, 4096)], "r": [64, 256], "dtype": ["bf16"]},
+    # the whole grid (bf16 everywhere; fp16/fp32 on the subset below)
     "full": {
         "M": [1, 16, 128, 1024, 4096, 16384],
         "KN": [(1024, 1024), (4096, 4096), (4096, 11008), (8192, 8192)],
@@ -133,7 +133,7 @@ def measure_ceilings(device: torch.device) -> Ceilings:
 
 
 def flops(provider: str, mode: str, M: int, K: int, N: int, r: int) -> float:
-    """DESIGN §2: low-rank forward ``2·M·r·(K+N)``, backward twice that; dense ``2·M·K·N``."""
+    """docs/design.md: low-rank forward ``2·M·r·(K+N)``, backward twice that; dense ``2·M·K·N``."""
     fwd = 2 * M * K * N if provider == "dense" else 2 * M * r * (K + N)
     return {"fwd": fwd, "bwd": 2 * fwd, "fwdbwd": 3 * fwd}[mode]
 
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid",
         choices=sorted(GRIDS),
         default=None,
-        help="default: issue3 on a GPU, cpu on the CPU",
+        help="default: headline on a GPU, cpu on the CPU",
     )
     parser.add_argument("--providers", type=comma_list(PROVIDERS), default=list(PROVIDERS))
     parser.add_argument("--modes", type=comma_list(MODES), default=list(MODES))
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.grid is None:
-        args.grid = "issue3" if args.device.startswith("cuda") else "cpu"
+        args.grid = "headline" if args.device.startswith("cuda") else "cpu"
     if args.predict:
         if args.peak_tflops is None or args.peak_gbps is None:
             raise SystemExit("--predict needs --peak-tflops and --peak-gbps")

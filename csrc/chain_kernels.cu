@@ -1,4 +1,4 @@
-// Fused rank-r chain  out[M, N] = (A[M, K] · B[K, R]) · C[R, N] + bias[N]  (DESIGN §2).
+// Fused rank-r chain  out[M, N] = (A[M, K] · B[K, R]) · C[R, N] + bias[N]  (docs/design.md).
 //
 // One thread block owns BLOCK_M rows of A. Stage 1 computes that row block's intermediate
 // Z = A·B into shared memory (fp32 accumulation, rank padded to a multiple of 16), stage 2

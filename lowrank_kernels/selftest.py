@@ -189,7 +189,7 @@ def bench_steps(level: str, out: Path | None, log_dir: Path | None) -> list[Step
     scripts = REPO / "benchmarks"
     if not (scripts / "kernels.py").is_file():
         return [Step("benchmarks", False, f"{scripts} not found (needs the source checkout)", 0)]
-    runs = [("kernels", ["--grid", "issue3"])]
+    runs = [("kernels", ["--grid", "headline"])]
     if level == "full":
         runs = [("kernels", ["--grid", "full"]), ("kernels", ["--grid", "subset"]),
                 ("e2e", [])]  # fmt: skip

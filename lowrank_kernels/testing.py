@@ -23,7 +23,7 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def linear_reference64(x, V, U, bias=None):
-    """Forward of DESIGN §2 in float64 on the CPU: ``y = x·V·U + b``."""
+    """Forward of docs/design.md in float64 on the CPU: ``y = x·V·U + b``."""
     x64, V64, U64 = x.detach().double().cpu(), V.detach().double().cpu(), U.detach().double().cpu()
     y = (x64 @ V64) @ U64
     if bias is not None:
@@ -32,7 +32,7 @@ def linear_reference64(x, V, U, bias=None):
 
 
 def linear_grads64(x, V, U, bias, dy):
-    """All gradients of DESIGN §2's table in float64: ``(dx, dV, dU, db)``."""
+    """All gradients of docs/design.md's backward table in float64: ``(dx, dV, dU, db)``."""
     x64 = x.detach().double().cpu().reshape(-1, V.shape[0])
     V64, U64 = V.detach().double().cpu(), U.detach().double().cpu()
     dy64 = dy.detach().double().cpu().reshape(-1, U.shape[1])
@@ -52,7 +52,7 @@ def torch_chain(x, V, U, bias=None):
 
 
 def error_bound(chain_out: torch.Tensor, ref: torch.Tensor, floor: float) -> float:
-    """2× the same-dtype chain's error vs the float64 reference (DESIGN §2), at least ``floor``."""
+    """2× the same-dtype chain's error vs float64 (docs/design.md), at least ``floor``."""
     return max(2.0 * rel_error(chain_out, ref), floor)
 
 

@@ -1,7 +1,7 @@
 """Shared test set-up.
 
 Without CUDA, the Triton kernels run under the interpreter: TRITON_INTERPRET must be
-set before triton_ops is first imported, so it is set here, at collection time.
+set before lowrank_kernels.triton_ops is first imported, so it is set here, at collection time.
 """
 
 from __future__ import annotations

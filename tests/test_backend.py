@@ -69,3 +69,24 @@ def test_cli_info_runs():
     assert proc.returncode == 0, proc.stderr
     for key in ("lowrank_kernels", "torch", "triton", "backends available", "_C extension"):
         assert key in proc.stdout
+
+
+def test_triton_kernels_install_inside_the_package_namespace(tmp_path):
+    """``lowrank_kernels.triton_ops`` imports from anywhere; no top-level ``triton_ops``."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util, lowrank_kernels.triton_ops as t; "
+            "print(t.__name__, importlib.util.find_spec('triton_ops'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # not the checkout: only what is installed is importable
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    if proc.returncode != 0 and "No module named 'triton'" in proc.stderr:
+        pytest.skip("triton is not installed")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["lowrank_kernels.triton_ops", "None"]

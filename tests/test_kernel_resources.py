@@ -1,12 +1,13 @@
 """Every Triton chain launch the host can make fits and does not spill on sm_80 and sm_90.
 
 No GPU needed: ``benchmarks/kernel_resources.py`` compiles, ahead of time, every launch
-configuration the launch code offers over the declared CI grid (``triton_ops.aot.CI_GRID``:
-both M classes, divisible and odd K/N/r, every dtype and fp32 precision, the forward and
-the dX use), for sm_80 and sm_90, and reads each cubin's registers, spills, local and
-shared memory. It runs in a child process because the kernels must be compiled, not
-interpreted (this test process has ``TRITON_INTERPRET=1``). Triton's compile cache makes
-repeat runs take seconds; a cold run takes a few minutes on two cores.
+configuration the launch code offers over the declared CI grid
+(``lowrank_kernels.triton_ops.aot.CI_GRID``: both M classes, divisible and odd K/N/r,
+every dtype and fp32 precision, the forward and the dX use), for sm_80 and sm_90, and
+reads each cubin's registers, spills, local and shared memory. It runs in a child
+process because the kernels must be compiled, not interpreted (this test process has
+``TRITON_INTERPRET=1``). Triton's compile cache makes repeat runs take about a minute; a
+cold run takes a few minutes on two cores.
 
 The csrc/ kernels get the same gate in ``test_csrc_compile.py`` (``nvcc -Xptxas -v``).
 """
@@ -67,8 +68,9 @@ def test_every_launch_fits_and_does_not_spill(compiled, capsys):
 def test_every_candidate_of_the_grid_was_compiled(compiled):
     """The gate covers what the launch code offers: each candidate configuration of each
     call of the grid appears among the compiled binaries, for both archs."""
-    import triton_ops
-    from triton_ops import aot
+    from lowrank_kernels.triton_ops import aot
+
+    from lowrank_kernels import triton_ops
 
     _, rows, _ = compiled
     configs_seen = {
@@ -120,7 +122,7 @@ def test_the_gate_can_fail(tmp_path):
 
 
 def test_occupancy_model():
-    from triton_ops.aot import blocks_per_sm
+    from lowrank_kernels.triton_ops.aot import blocks_per_sm
 
     # 8 warps at 128 registers: 32 K registers per block, two blocks by registers
     assert blocks_per_sm(90, 128, 32 * 1024, 8) == 2

@@ -1,7 +1,9 @@
 """Fused rank-r chain ``out = (A·B)·C + bias`` — the one kernel behind forward and dX.
 
-Layering (Liger-Kernel habit): private ``_chain_kernel`` → host ``chain_forward`` →
-op registration ``lowrank::triton_chain`` (``torch.library.triton_op``).
+Layering, bottom up: the private ``@triton.jit`` ``_chain_kernel`` → its launch, the op
+``lowrank::triton_chain`` (``torch.library.triton_op``: config, buffers, grid, launch)
+→ the host entry ``chain_forward`` (dtype check, calls the op) → the triton backend in
+``lowrank_kernels.ops.backends`` (per-shape configuration choice).
 
 Kernel v2. Each program owns a block of ``BLOCK_M`` rows of A and computes that block's
 intermediate ``Z = A·B`` in rank chunks of ``BLOCK_R`` columns (fp32 accumulate):

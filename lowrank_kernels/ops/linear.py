@@ -159,7 +159,7 @@ def lowrank_linear(
     *,
     recompute_intermediate: bool = False,
 ) -> torch.Tensor:
-    """Low-rank linear map ``y = x·V·U + bias`` (DESIGN §2), differentiable in every input.
+    """Low-rank linear map ``y = x·V·U + bias`` (docs/design.md), differentiable in every input.
 
     Args:
         x: ``[*, K]`` input (any number of leading dims, any strides).

@@ -6,7 +6,7 @@ All tensors handed to a backend are already validated (see ``validation.py``):
 
 Every backend so far is a :class:`ChainBackend`: it supplies one primitive, the
 rank-r chain ``out = (A·B)·C + bias`` over strided operands, and the forward and
-backward of DESIGN §2 are composed from it. ``dx = (dY·Uᵀ)·Vᵀ`` is the same chain
+backward of docs/design.md are composed from it. ``dx = (dY·Uᵀ)·Vᵀ`` is the same chain
 as the forward, fed the transposed views ``Uᵀ``, ``Vᵀ`` (no copies).
 """
 
@@ -22,7 +22,7 @@ Grads = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, tor
 
 
 class Backend(abc.ABC):
-    """One implementation of ``y = x·V·U + b`` and its backward (DESIGN §2)."""
+    """One implementation of ``y = x·V·U + b`` and its backward (docs/design.md)."""
 
     name: str
 
@@ -96,5 +96,7 @@ class ChainBackend(Backend):
             if z is None:
                 z = x @ V
             dU = z.t() @ dy
-        db = dy.sum(0, dtype=torch.float32).to(dy.dtype) if needs_db else None
+        # Accumulate in fp32 for 16-bit dY (as the GEMMs do), in float64 for float64.
+        acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+        db = dy.sum(0, dtype=acc).to(dy.dtype) if needs_db else None
         return dx, dV, dU, db

@@ -1,9 +1,11 @@
-"""The PyTorch reference backend: the plain two-GEMM chain, on every device.
+"""The PyTorch backend: the plain two-GEMM chain, on every device and dtype.
 
-Numerics (the reference every kernel is compared against): each matmul
-accumulates in fp32 inside ``torch.matmul`` and rounds its result to the input
-dtype, so ``Z = x·V`` is rounded to the input dtype before ``Z·U``. The bias is
-added in the same GEMM (``addmm``) as the second product.
+It is the fallback everywhere and the baseline ``auto`` measures fused kernels against;
+it is not the tests' oracle (that is the float64 reference in
+``lowrank_kernels.testing``). Numerics: each matmul accumulates in fp32 inside
+``torch.matmul`` and rounds its result to the input dtype, so ``Z = x·V`` is rounded to
+the input dtype before ``Z·U``; the bias is added in the same GEMM (``addmm``) as the
+second product. The kernels round where this chain rounds.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Triton backend: fused chain kernels from the top-level ``triton_ops`` package.
+"""The Triton backend: fused chain kernels from ``lowrank_kernels.triton_ops``.
 
 Without CUDA, Triton can only run its interpreter, so on such a machine this module
 sets ``TRITON_INTERPRET=1`` when it is imported (if the variable is unset and
@@ -78,10 +78,11 @@ class TritonBackend(ChainBackend):
         self.config_decisions: dict[ChainKey, Decision] = {}
 
     def _kernels(self) -> ModuleType:
+        """``lowrank_kernels.triton_ops``, imported on first use: importing it imports
+        triton and fixes whether its kernels are interpreted, which must not happen when
+        the package is merely imported."""
         if self._module is None:
-            import triton_ops
-
-            self._module = triton_ops
+            self._module = importlib.import_module("lowrank_kernels.triton_ops")
         return self._module
 
     def _interpreted(self) -> bool:
