@@ -17,15 +17,7 @@ from types import ModuleType
 
 import torch
 
-from ..measurement import (
-    ChainKey,
-    Decision,
-    Timer,
-    chain_key,
-    cuda_event_timer,
-    measure_fastest,
-    measurement_allowed,
-)
+from .. import measurement
 from .base import ChainBackend
 from .torch_backend import TorchBackend
 
@@ -72,10 +64,10 @@ class TritonBackend(ChainBackend):
 
     name = "triton"
 
-    def __init__(self, timer: Timer | None = None) -> None:
+    def __init__(self, timer: measurement.Timer | None = None) -> None:
         self._module: ModuleType | None = None
-        self.timer = timer or cuda_event_timer
-        self.config_decisions: dict[ChainKey, Decision] = {}
+        self.timer = timer or measurement.cuda_event_timer
+        self.config_decisions: dict[measurement.ChainKey, measurement.Decision] = {}
 
     def _kernels(self) -> ModuleType:
         """``lowrank_kernels.triton_ops``, imported on first use: importing it imports
@@ -125,11 +117,11 @@ class TritonBackend(ChainBackend):
         def run(config):
             return kernels.chain_forward(a, b, c, bias, write_intermediate, config=config)
 
-        key = chain_key(a, b, c, bias, write_intermediate)
+        key = measurement.chain_key(a, b, c, bias, write_intermediate)
         decision = self.config_decisions.get(key)
         if decision is not None:
             return run(candidates[decision.choice])
-        if len(candidates) > 1 and measurement_allowed(a.device):
+        if len(candidates) > 1 and measurement.measurement_allowed(a.device):
             launchable = {}
             reasons = []
             for name, config in candidates.items():
@@ -140,7 +132,7 @@ class TritonBackend(ChainBackend):
                 else:
                     launchable[name] = lambda config=config: run(config)
             if launchable:
-                decision = measure_fastest(launchable, self.timer)
+                decision = measurement.measure_fastest(launchable, self.timer)
                 self.config_decisions[key] = decision
                 return run(candidates[decision.choice])
         else:
