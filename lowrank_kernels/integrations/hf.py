@@ -10,7 +10,9 @@ a :mod:`lowrank_kernels.train` strategy (Cuttlefish, ReLoRA, InRank, fixed):
 * :class:`LowRankCallback` calls the strategy after every optimizer step; when it
   replaced layers, the optimizer is rebuilt through ``Trainer.create_optimizer`` (state
   kept for every surviving parameter) and wrapped by accelerate again, and the
-  scheduler is rebuilt at the current step.
+  scheduler is rebuilt at the current step;
+* the strategy sees the run through :class:`HFStrategyContext`, the
+  :class:`~lowrank_kernels.train.context.StrategyContext` of a :class:`LowRankTrainer`.
 
 Checkpoints: ``model.save_pretrained(path)`` of a factorized model stores the factors
 (``<fqn>.V``/``<fqn>.U``); :func:`from_pretrained_lowrank` rebuilds the dense
@@ -36,8 +38,9 @@ import torch
 from torch import nn
 
 from ..convert import restore
+from ..train.context import FilterFn, carry_optimizer_state, unwrap_optimizer
 from ..train.strategies import Strategy
-from ._common import StrategyView, as_strategy, carry_state, unwrap_optimizer
+from ._common import FrameworkContext, as_strategy
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -46,7 +49,59 @@ except ImportError as exc:  # pragma: no cover - exercised only without transfor
         "lowrank_kernels.integrations.hf needs transformers: pip install transformers"
     ) from exc
 
-__all__ = ["LowRankCallback", "LowRankTrainer", "from_pretrained_lowrank", "load_lowrank_state"]
+__all__ = [
+    "HFStrategyContext",
+    "LowRankCallback",
+    "LowRankTrainer",
+    "from_pretrained_lowrank",
+    "load_lowrank_state",
+]
+
+
+class HFStrategyContext(FrameworkContext):
+    """The :class:`~lowrank_kernels.train.context.StrategyContext` of a :class:`LowRankTrainer`.
+
+    The model, the (unwrapped) optimizer and the global step are the trainer's; the
+    run's length, the warm-up and the steps per epoch are set by
+    :meth:`LowRankTrainer.create_scheduler` once ``transformers`` knows them.
+
+    Args:
+        trainer: the :class:`LowRankTrainer` running the strategy.
+        filter_fn: ``(module, fqn) -> bool``, the layers the strategy may touch.
+        example_input: a model input for the profiler, or a callable returning one.
+        min_lr_ratio: final LR of the strategy's cosine, relative to ``learning_rate``.
+    """
+
+    def __init__(
+        self,
+        trainer: LowRankTrainer,
+        filter_fn: FilterFn | None,
+        example_input: Any,
+        *,
+        min_lr_ratio: float,
+    ) -> None:
+        super().__init__(filter_fn, example_input, warmup_steps=0, min_lr_ratio=min_lr_ratio)
+        self._trainer = trainer
+
+    @property
+    def model(self) -> nn.Module:
+        """``trainer.model`` (not accelerate's wrapper)."""
+        return self._trainer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The ``torch.optim.Optimizer`` inside accelerate's wrapper (None before it exists)."""
+        opt = self._trainer.optimizer
+        return None if opt is None else unwrap_optimizer(opt)
+
+    @property
+    def step(self) -> int:
+        """``trainer.state.global_step``: completed optimizer steps."""
+        return self._trainer.state.global_step
+
+    def rebuild_optimizer(self) -> None:
+        """:meth:`LowRankTrainer.rebuild_optimizer_and_scheduler` at the current step."""
+        self._trainer.rebuild_optimizer_and_scheduler(self.step)
 
 
 class LowRankCallback(TrainerCallback):
@@ -64,9 +119,9 @@ class LowRankCallback(TrainerCallback):
         t = self.trainer
         if not t._lowrank_setup_done:
             t._lowrank_setup_done = True
-            t.lowrank_strategy.setup(t.lowrank_view)
+            t.lowrank_strategy.setup(t.lowrank_context)
             # setup may replace layers (fixed, ReLoRA, InRank); rebuilding is harmless otherwise
-            t.rebuild_optimizer_and_scheduler(state.global_step)
+            t.lowrank_context.rebuild_optimizer()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         t = self.trainer
@@ -75,8 +130,8 @@ class LowRankCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         t = self.trainer
-        if t.lowrank_strategy.after_step(t.lowrank_view, state.global_step):
-            t.rebuild_optimizer_and_scheduler(state.global_step)
+        if t.lowrank_strategy.after_step(t.lowrank_context, state.global_step):
+            t.lowrank_context.rebuild_optimizer()
             self.structure_changes.append(state.global_step)
 
 
@@ -96,6 +151,11 @@ class LowRankTrainer(Trainer):
 
     The warm-up length is ``TrainingArguments.get_warmup_steps`` (``warmup_steps`` /
     ``warmup_ratio``); ``lr_scheduler_type`` is ignored (the strategy owns the LR shape).
+
+    Attributes:
+        lowrank_strategy: the strategy.
+        lowrank_context: its :class:`HFStrategyContext`.
+        lowrank_callback: the :class:`LowRankCallback` driving it.
     """
 
     def __init__(
@@ -111,17 +171,19 @@ class LowRankTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.lowrank_strategy = as_strategy(strategy, strategy_kwargs)
         self._lowrank_setup_done = False
-        self.lowrank_view = StrategyView(
-            lambda: self.model,
-            lambda: None if self.optimizer is None else unwrap_optimizer(self.optimizer),
+        self.lowrank_context = HFStrategyContext(
+            self,
             filter_fn,
             example_input if example_input is not None else self._first_batch,
-            warmup_steps=0,
             min_lr_ratio=min_lr_ratio,
-            weight_decay=self.args.weight_decay,
         )
         self.lowrank_callback = LowRankCallback(self)
         self.add_callback(self.lowrank_callback)
+
+    @property
+    def lowrank_view(self) -> HFStrategyContext:
+        """The same object as :attr:`lowrank_context` (its earlier name)."""
+        return self.lowrank_context
 
     def _first_batch(self) -> dict[str, torch.Tensor]:
         batch = next(iter(self.get_train_dataloader()))
@@ -143,15 +205,15 @@ class LowRankTrainer(Trainer):
     ) -> torch.optim.lr_scheduler.LRScheduler:
         """``LambdaLR`` of the strategy's ``lr_factor`` (warm-up, cosine, re-warm-ups)."""
         if self.lr_scheduler is None:
-            view = self.lowrank_view
-            view.total_steps = max(1, int(num_training_steps))
-            view.config.warmup_steps = self.args.get_warmup_steps(num_training_steps)
+            ctx = self.lowrank_context
+            ctx.total_steps = max(1, int(num_training_steps))
+            ctx.warmup_steps = self.args.get_warmup_steps(num_training_steps)
             epochs = max(1, math.ceil(self.args.num_train_epochs))
-            view.task.steps_per_epoch = max(1, view.total_steps // epochs)
+            ctx.steps_per_epoch = max(1, ctx.total_steps // epochs)
             strategy = self.lowrank_strategy
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer if optimizer is not None else self.optimizer,
-                lambda step: strategy.lr_factor(step, view),
+                lambda step: strategy.lr_factor(step, ctx),
             )
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -167,12 +229,12 @@ class LowRankTrainer(Trainer):
                 "lowrank_kernels.train.Trainer under torchrun instead"
             )
         old = self.optimizer
-        self.optimizer = None
+        self.optimizer = None  # create_optimizer only builds when there is none
         new = self.create_optimizer()
-        carry_state(old, new)
+        carry_optimizer_state(old, new)
         self.optimizer = self.accelerator.prepare_optimizer(new)
         self.lr_scheduler = None
-        sched = self.create_scheduler(self.lowrank_view.total_steps, self.optimizer)
+        sched = self.create_scheduler(self.lowrank_context.total_steps, self.optimizer)
         with warnings.catch_warnings():
             # "lr_scheduler.step() before optimizer.step()": intended, we fast-forward
             warnings.simplefilter("ignore", UserWarning)

@@ -1,6 +1,10 @@
 """Low-rank training: strategies (full, fixed, Cuttlefish, ReLoRA, InRank), one trainer
-for all of them, small offline tasks (char GPT on pydoc text, digits CNN) and the demo."""
+for all of them, small offline tasks (char GPT on pydoc text, digits CNN) and the demo.
 
+Strategies see the run only through a :class:`StrategyContext` (``train/context.py``),
+which the trainer and the Hugging Face / Lightning integrations implement."""
+
+from .context import StrategyContext, carry_optimizer_state
 from .data import CharLMTask, DigitsTask, Task, make_task, pydoc_text
 from .models import CharGPT, DigitsCNN
 from .report import demo_configs, format_demo, run_demo, write_report
@@ -31,9 +35,11 @@ __all__ = [
     "InRank",
     "ReLoRA",
     "Strategy",
+    "StrategyContext",
     "Task",
     "TrainConfig",
     "Trainer",
+    "carry_optimizer_state",
     "demo_configs",
     "format_demo",
     "frobenius_decay_",

@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..ops import dispatch_decisions, get_backend, resolve_backend
+from .context import FilterFn, ProcessGroupDecisions, carry_optimizer_state
 from .data import Task, make_task
 from .strategies import Strategy, make_strategy
 
@@ -132,8 +133,14 @@ def is_main_process() -> bool:
     return dist_utils.is_main_process()
 
 
-class Trainer:
+class Trainer(ProcessGroupDecisions):
     """Trains ``config.model`` with ``config.method``; see the module docstring.
+
+    The trainer is its strategy's :class:`~lowrank_kernels.train.context.StrategyContext`:
+    the hooks receive the trainer itself, and read only the protocol's members
+    (``model``, ``optimizer``, ``step``, ``total_steps``, ``steps_per_epoch``,
+    ``warmup_steps``, ``min_lr_ratio``, ``filter_fn``, ``example_input()``, the
+    distributed decisions, ``rebuild_optimizer()`` and ``log_info()``).
 
     Args:
         config: the run.
@@ -186,6 +193,37 @@ class Trainer:
         self.phase_items = {"dense": 0, "lowrank": 0}
         self._val = None
 
+    # -- the strategy's view of the run (StrategyContext) -------------------------------------
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the task's training split."""
+        return self.task.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        """``config.warmup_steps``: linear LR warm-up (and default re-warm-up)."""
+        return self.config.warmup_steps
+
+    @property
+    def min_lr_ratio(self) -> float:
+        """``config.min_lr_ratio``: final LR of the cosine, relative to ``config.lr``."""
+        return self.config.min_lr_ratio
+
+    @property
+    def filter_fn(self) -> FilterFn:
+        """The task's ``(module, fqn) -> bool``: the layers low-rank methods touch."""
+        return self.task.filter_fn
+
+    def example_input(self) -> torch.Tensor:
+        """One training input batch of the task on :attr:`device` (for the profiler)."""
+        return self.task.example_input(self.device)
+
+    def log_info(self, message: str) -> None:
+        """``log(message)``; nothing when the trainer is silent (``log=None``, rank > 0)."""
+        if self.log is not None:
+            self.log(message)
+
     # -- optimizer ----------------------------------------------------------------------------
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -194,14 +232,8 @@ class Trainer:
 
     def rebuild_optimizer(self) -> None:
         """New optimizer for the current parameters; surviving parameters keep their state."""
-        old = self.optimizer
-        self.optimizer = self._make_optimizer()
-        if old is None:
-            return
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p in old.state:
-                    self.optimizer.state[p] = old.state[p]
+        old, self.optimizer = self.optimizer, self._make_optimizer()
+        carry_optimizer_state(old, self.optimizer)
 
     # -- distributed --------------------------------------------------------------------------
 
@@ -264,9 +296,9 @@ class Trainer:
         self.step += 1
         if self.strategy.after_step(self, self.step):
             self._structure_changed()
-            if self.log is not None:
+            if self.log is not None:  # skips the summary's cost on silent runs
                 ranks = self.strategy.ranks(self.model)
-                self.log(
+                self.log_info(
                     f"[{self.strategy.name}] structure changed after step {self.step}: "
                     f"{len(ranks)} low-rank layers, params {count_parameters(self.model):,}"
                 )
