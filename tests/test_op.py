@@ -106,3 +106,56 @@ def test_torch_compile_fullgraph_matches_eager():
     (g_eager,) = torch.autograd.grad(y_eager.sum(), [x])
     (g_comp,) = torch.autograd.grad(y_comp.sum(), [x])
     torch.testing.assert_close(g_comp, g_eager)
+
+
+def _f64_operands():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, dtype=torch.float64, generator=g)
+    V = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    U = torch.randn(3, 6, dtype=torch.float64, generator=g)
+    b = torch.randn(6, dtype=torch.float64, generator=g)
+    return x, V, U, b
+
+
+def test_forward_mode_ad_gives_the_true_tangent():
+    """jvp of a linear map in x is the map of the tangent without bias: x·V·U → t·V·U."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, V, U, b = _f64_operands()
+    t = torch.randn_like(x)
+    _, tangent = torch.func.jvp(lambda x: lrk.lowrank_linear(x, V, U, b), (x,), (t,))
+    torch.testing.assert_close(tangent, (t @ V) @ U)
+    with fwAD.dual_level():
+        y = lrk.lowrank_linear(fwAD.make_dual(x, t), V, U, b)
+        torch.testing.assert_close(fwAD.unpack_dual(y).tangent, (t @ V) @ U)
+
+
+def test_torch_func_grad_vmap_and_jacrev():
+    x, V, U, b = _f64_operands()
+    dx = torch.func.grad(lambda x: lrk.lowrank_linear(x, V, U, b).sum())(x)
+    torch.testing.assert_close(dx, linear_grads64(x, V, U, b, torch.ones(4, 6))[0])
+    batched = torch.func.vmap(lambda row: lrk.lowrank_linear(row, V, U, b))(x)
+    torch.testing.assert_close(batched, linear_reference64(x, V, U, b))
+    jac = torch.func.jacrev(lambda x: lrk.lowrank_linear(x, V, U))(x[0])
+    torch.testing.assert_close(jac, (V @ U).t())  # d y_n / d x_k = (V·U)[k, n]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_double_backward(backend):
+    """Second derivatives through the op (e.g. a gradient penalty), checked numerically."""
+    if backend == "triton" and "triton" not in lrk.available_backends():
+        pytest.skip("triton is not available")
+    lrk.set_backend(backend)
+    x, V, U, b = (t.requires_grad_() for t in _f64_operands())
+    if backend == "triton":  # the kernels take fp32 at most; gradgradcheck needs float64
+        x, V, U, b = (t.detach().float().requires_grad_() for t in (x, V, U, b))
+        y = lrk.lowrank_linear(x, V, U, b)
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        (gV,) = torch.autograd.grad(gx.sum(), V)
+        x64, V64, U64, b64 = (t.detach().double().requires_grad_() for t in (x, V, U, b))
+        y64 = (x64 @ V64) @ U64 + b64
+        (gx64,) = torch.autograd.grad(y64.pow(2).sum(), x64, create_graph=True)
+        (gV64,) = torch.autograd.grad(gx64.sum(), V64)
+        torch.testing.assert_close(gV.double(), gV64, rtol=1e-4, atol=1e-4)
+    else:
+        assert torch.autograd.gradgradcheck(lambda *a: lrk.lowrank_linear(*a), (x, V, U, b))

@@ -20,6 +20,7 @@ which recomputes Z in backward for ``2·M·K·r`` extra FLOPs.
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
 from .dispatch import resolve_backend
 from .validation import check_linear_inputs
@@ -100,9 +101,30 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, V, U, z)
 
 
+def _differentiable_grads(dy, x, V, U, mask):
+    """The backward table in differentiable PyTorch ops, for ``create_graph=True``.
+
+    The fused backward op has no derivative of its own; double backward (Hessian-vector
+    products, gradient penalties) goes through these ops instead. ``Z`` is recomputed
+    from ``x`` and ``V`` because the saved one is not differentiable.
+    """
+    K, N = V.shape[0], U.shape[1]
+    dy2, x2 = dy.reshape(-1, N), x.reshape(-1, K)
+    dz = dy2 @ U.t()
+    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    return (
+        (dz @ V.t()).reshape(x.shape) if mask[0] else None,
+        x2.t() @ dz if mask[1] else None,
+        (x2 @ V).t() @ dy2 if mask[2] else None,
+        dy2.sum(0, dtype=acc).to(dy.dtype) if mask[3] else None,
+    )
+
+
 def _backward(ctx, dy, _dz):
     x, V, U, z = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
+    if torch.is_grad_enabled():  # backward(create_graph=True): keep it differentiable
+        return (*_differentiable_grads(dy, x, V, U, mask), None)
     grads = torch.ops.lowrank._linear_backward(dy.contiguous(), x, V, U, z, mask)
     return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)), None)
 
@@ -134,6 +156,23 @@ def _autocast_inputs(
     return cast(x), cast(V), cast(U), cast(bias)  # type: ignore[return-value]
 
 
+def _under_forward_ad_or_transform(*tensors: torch.Tensor | None) -> bool:
+    """Whether an operand carries a forward-mode tangent or a ``torch.func`` wrapper.
+
+    The opaque op has a backward formula only: under forward-mode AD it would return zero
+    tangents, and ``torch.func.grad``/``jacrev`` cannot see through it. There the same math
+    runs as PyTorch ops, which every transform understands.
+    """
+    for t in tensors:
+        if t is None:
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            return True
+        if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
 def _linear_composite(
     x: torch.Tensor,
     V: torch.Tensor,
@@ -144,6 +183,9 @@ def _linear_composite(
 ) -> torch.Tensor:
     x, V, U, bias = _autocast_inputs(x, V, U, bias)
     check_linear_inputs(x, V, U, bias)
+    if _under_forward_ad_or_transform(x, V, U, bias):
+        y = torch.matmul(torch.matmul(x, V), U)
+        return y + bias if bias is not None else y
     y, _ = torch.ops.lowrank._linear_forward(x, V, U, bias, not recompute_intermediate)
     return y
 
