@@ -90,3 +90,24 @@ def test_triton_kernels_install_inside_the_package_namespace(tmp_path):
         pytest.skip("triton is not installed")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["lowrank_kernels.triton_ops", "None"]
+
+
+def test_import_changes_no_environment_variable():
+    """Importing (and using) the package must not opt the process into the Triton
+    interpreter: that would silently interpret the user's own kernels."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, torch, lowrank_kernels as l; "
+            "l.lowrank_linear(torch.randn(2, 4), torch.randn(4, 2), torch.randn(2, 3)); "
+            "print(os.environ.get('TRITON_INTERPRET'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"

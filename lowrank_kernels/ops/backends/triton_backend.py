@@ -1,10 +1,11 @@
 """The Triton backend: fused chain kernels from ``lowrank_kernels.triton_ops``.
 
-Without CUDA, Triton can only run its interpreter, so on such a machine this module
-sets ``TRITON_INTERPRET=1`` when it is imported (if the variable is unset and
-``triton.language`` is not imported yet; the interpreter is fixed when Triton's
-standard library is decorated). Forcing this backend on CPU tensors then runs the
-real kernel code, slowly. That is how CI tests the kernels without a GPU.
+Without CUDA, Triton can only run its interpreter, which runs the real kernel code on
+CPU tensors, slowly — how CI tests the kernels. It is opted into by setting
+``TRITON_INTERPRET=1`` before triton is first imported (``tests/conftest.py`` does;
+``lowrank-kernels selftest`` does it in a child process). Importing this package never
+changes the environment: a process-wide switch would silently interpret the user's own
+Triton kernels and leak into child processes.
 """
 
 from __future__ import annotations
@@ -38,14 +39,6 @@ def _language_interpreted() -> bool | None:
 
     return isinstance(standard.zeros, InterpretedFunction)
 
-
-if (
-    _TRITON_INSTALLED
-    and "TRITON_INTERPRET" not in os.environ
-    and _language_interpreted() is None
-    and not torch.cuda.is_available()
-):
-    os.environ["TRITON_INTERPRET"] = "1"
 
 
 class TritonBackend(ChainBackend):
