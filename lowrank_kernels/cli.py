@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import pickle
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -54,6 +57,37 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an int ``>= minimum`` (argparse turns the ValueError into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(*, positive: bool) -> Callable[[str], float]:
+    """argparse type: a finite float, ``> 0`` if ``positive`` else ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def _parse_value(text: str) -> object:
     """``"8"`` → 8, ``"0.25"`` → 0.25, ``"true"`` → True, ``"none"`` → None, else the string."""
     lowered = text.strip().lower()
@@ -74,12 +108,12 @@ def _strategy_kwargs(args: argparse.Namespace) -> dict[str, object]:
     for item in args.opt or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--opt expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
         kwargs[key.strip()] = _parse_value(value)
     if args.rank is not None:
         rank_arg = {"fixed": "rank", "relora": "rank", "inrank": "init_rank"}.get(args.method)
         if rank_arg is None:
-            raise SystemExit(
+            raise ValueError(
                 f"--rank is not used by --method {args.method} "
                 "(full trains dense; cuttlefish chooses its ranks from the stable ranks)"
             )
@@ -117,6 +151,11 @@ def _train(args: argparse.Namespace) -> int:
     from lowrank_kernels.train.trainer import is_main_process
 
     log = None if args.quiet else print
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume, progress=not args.no_progress, log=log)
     else:
@@ -205,10 +244,20 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0 if all(s.passed for s in steps) else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lowrank-kernels",
         description="Fused low-rank layer kernels for PyTorch.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks instead of one-line errors"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print versions, the GPU and the available backends")
@@ -230,15 +279,23 @@ def build_parser() -> argparse.ArgumentParser:
         "inrank: initial rank",
     )
     length = train.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (gpt default 300)")
+    length.add_argument("--steps", type=_int_at_least(1), help="optimizer steps (gpt default 300)")
     length.add_argument(
-        "--epochs", type=float, help="epochs over the training split (cnn default 20)"
+        "--epochs",
+        type=_finite_float(positive=True),
+        help="epochs over the training split (cnn default 20)",
     )
-    train.add_argument("--batch-size", type=int, help="per-step batch (default: the task's)")
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
-    train.add_argument("--weight-decay", type=float, default=0.01)
-    train.add_argument("--warmup-steps", type=int, default=20)
-    train.add_argument("--eval-every", type=int, help="steps between validation passes")
+    train.add_argument(
+        "--batch-size", type=_int_at_least(1), help="per-step batch (default: the task's)"
+    )
+    train.add_argument(
+        "--lr", type=_finite_float(positive=True), default=3e-3, help="peak learning rate"
+    )
+    train.add_argument("--weight-decay", type=_finite_float(positive=False), default=0.01)
+    train.add_argument("--warmup-steps", type=_int_at_least(0), default=20)
+    train.add_argument(
+        "--eval-every", type=_int_at_least(1), help="steps between validation passes"
+    )
     train.add_argument(
         "--opt",
         action="append",
@@ -305,10 +362,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's mistake raises (bad values, missing or unreadable files, a checkpoint
+# that is not one): one line and exit status 2. Anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lowrank-kernels`` console script."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"lowrank-kernels {args.command}: error: {message} (--debug shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except KeyboardInterrupt:
+        print(f"lowrank-kernels {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -461,10 +462,20 @@ class Trainer(ProcessGroupDecisions):
         ``overrides`` replace config fields that do not change the run's math
         (e.g. ``eval_every``); the device must match for bit-exact continuation.
         """
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("version") != CHECKPOINT_VERSION:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"from_checkpoint: {path} does not exist or is not a file")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
             raise ValueError(
-                f"from_checkpoint: {path} has checkpoint version {ckpt.get('version')!r}, "
+                f"from_checkpoint: {path} is not a readable lowrank-kernels checkpoint "
+                f"(torch.load: {type(exc).__name__}: {first_line})"
+            ) from exc
+        if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+            found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(
+                f"from_checkpoint: {path} has checkpoint version {found!r}, "
                 f"expected {CHECKPOINT_VERSION}"
             )
         config = TrainConfig.from_dict({**ckpt["config"], **overrides})
