@@ -174,6 +174,7 @@ def _train(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             seed=args.seed,
             device=args.device,
+            dist_timeout_s=args.dist_timeout,
             strategy_kwargs=_strategy_kwargs(args),
         )
         trainer = Trainer(config, progress=not args.no_progress, log=log)
@@ -304,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    train.add_argument(
+        "--dist-timeout",
+        type=_finite_float(positive=True),
+        default=300.0,
+        help="torchrun: seconds to wait for a peer before failing (default 300)",
+    )
     train.add_argument("--report", help="write the JSON report here (rank 0 only)")
     train.add_argument("--save", help="write a checkpoint here at the end")
     train.add_argument("--resume", help="continue from a checkpoint (ignores the run options)")

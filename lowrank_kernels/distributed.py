@@ -76,7 +76,7 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> torch.device:
+def init_from_env(device: torch.device, timeout_s: float = 300.0) -> torch.device:
     """Initialise the default process group when launched by ``torchrun`` with N > 1.
 
     Backend: ``nccl`` for CUDA devices, ``gloo`` otherwise. A CUDA device without an index
@@ -85,7 +85,9 @@ def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> torch.devi
 
     Args:
         device: the device the run asked for.
-        timeout_s: collective timeout (rank 0 may profile layers while the others wait).
+        timeout_s: collective timeout: a peer that does not join a collective within it
+            (stopped, hung, dead) fails the run instead of hanging it. Rank 0 may profile
+            layers while the others wait, so keep it above a minute.
 
     Returns:
         The device this process should use.

@@ -28,6 +28,7 @@ CASES = [
     (["train", "--eval-every", "-1"], "--eval-every: must be >= 1"),
     (["train", "--warmup-steps", "-5"], "--warmup-steps: must be >= 0"),
     (["train", "--epochs", "inf"], "--epochs: must be a finite number > 0"),
+    (["train", "--dist-timeout", "0"], "--dist-timeout: must be a finite number > 0"),
     (["train", "--batch-size", "two"], "--batch-size: expected an int"),
     (["train", "--method", "full", "--rank", "4"], "--rank is not used by --method full"),
     (["train", "--opt", "novalue"], "--opt expects KEY=VALUE"),

@@ -320,3 +320,24 @@ def test_single_process_helpers_are_no_ops_and_bad_env_is_named(monkeypatch):
     monkeypatch.setenv("RANK", "zero")
     with pytest.raises(ValueError, match="RANK"):
         D.env_world()
+
+
+def test_the_collective_timeout_reaches_the_process_group(monkeypatch):
+    """``TrainConfig.dist_timeout_s`` (CLI ``--dist-timeout``) is the process group's
+    timeout, and the default detects a stuck peer within minutes, not half an hour."""
+    import datetime
+
+    import lowrank_kernels.distributed as D
+    from lowrank_kernels.train import TrainConfig
+
+    assert TrainConfig().dist_timeout_s <= 600
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        D.dist, "init_process_group", lambda backend, timeout: seen.update(b=backend, t=timeout)
+    )
+    D.init_from_env(torch.device("cpu"), timeout_s=42.0)
+    assert seen == {"b": "gloo", "t": datetime.timedelta(seconds=42.0)}

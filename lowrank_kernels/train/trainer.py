@@ -78,6 +78,9 @@ class TrainConfig:
         seed: seeds the init, the data order and every random draw of the strategies.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
         amp: bf16 autocast (None: on for CUDA, off elsewhere).
+        dist_timeout_s: under ``torchrun``, seconds a collective may wait for a peer
+            before the run fails (a stuck or stopped process is detected within minutes
+            instead of hanging; rank 0 may profile layers while the others wait).
         task_kwargs: extra task arguments (``block_size``, ``eval_batches``, ``model_kwargs``).
         strategy_kwargs: the strategy's constructor arguments.
     """
@@ -97,6 +100,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None
+    dist_timeout_s: float = 300.0
     task_kwargs: dict[str, Any] = field(default_factory=dict)
     strategy_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -159,8 +163,14 @@ class Trainer(ProcessGroupDecisions):
         self.config = config
         self.progress = progress
         self.log = log
+        if not (isinstance(config.dist_timeout_s, int | float) and config.dist_timeout_s > 0):
+            raise ValueError(
+                f"TrainConfig: dist_timeout_s must be a number > 0, got {config.dist_timeout_s!r}"
+            )
         # Under torchrun: join the process group, one device per process.
-        self.device = dist_utils.init_from_env(resolve_device(config.device))
+        self.device = dist_utils.init_from_env(
+            resolve_device(config.device), timeout_s=float(config.dist_timeout_s)
+        )
         self.rank = dist_utils.get_rank()
         self.world_size = dist_utils.get_world_size()
         if self.rank != 0:  # one progress bar and one log, from rank 0
