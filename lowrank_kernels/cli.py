@@ -7,6 +7,7 @@ import importlib.util
 import math
 import pickle
 import platform
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -148,6 +149,7 @@ def _print_report(report: dict) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from lowrank_kernels.train import TrainConfig, Trainer, write_report
+    from lowrank_kernels.train.checkpoint import check_writable
     from lowrank_kernels.train.trainer import is_main_process
 
     log = None if args.quiet else print
@@ -156,6 +158,11 @@ def _train(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    for path, what in ((args.save, "--save"), (args.report, "--report")):
+        if path:
+            check_writable(path, what)  # before training, not after it
+    if args.save_every is not None and not args.save:
+        raise ValueError("--save-every needs --save PATH")
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume, progress=not args.no_progress, log=log)
     else:
@@ -178,16 +185,19 @@ def _train(args: argparse.Namespace) -> int:
             strategy_kwargs=_strategy_kwargs(args),
         )
         trainer = Trainer(config, progress=not args.no_progress, log=log)
-    trainer.fit()
+    trainer.fit(checkpoint=args.save, save_every=args.save_every)
     report = trainer.report()
+    status = 128 + signal.Signals[trainer.interrupted] if trainer.interrupted else 0
     if not is_main_process():
-        return 0  # rank 0 speaks for the run: one report, one checkpoint
-    if args.save:
-        trainer.save(args.save)
+        return status  # rank 0 speaks for the run: one report, one checkpoint
     _print_report(report)
     if args.report and write_report(report, args.report):
         print(f"report written to {args.report}")
-    return 0
+    if trainer.interrupted:
+        saved = f"; checkpoint at step {trainer.step} in {args.save}" if args.save else ""
+        print(f"lowrank-kernels train: interrupted by {trainer.interrupted}{saved}",
+              file=sys.stderr)  # fmt: skip
+    return status
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -312,7 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="torchrun: seconds to wait for a peer before failing (default 300)",
     )
     train.add_argument("--report", help="write the JSON report here (rank 0 only)")
-    train.add_argument("--save", help="write a checkpoint here at the end")
+    train.add_argument(
+        "--save",
+        help="checkpoint path: written atomically every --save-every steps, at the end and "
+        "on SIGINT/SIGTERM",
+    )
+    train.add_argument(
+        "--save-every",
+        type=_int_at_least(1),
+        help="steps between checkpoints (default: a tenth of the run, at least 100)",
+    )
     train.add_argument("--resume", help="continue from a checkpoint (ignores the run options)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--quiet", action="store_true", help="no log lines")

@@ -29,6 +29,8 @@ CASES = [
     (["train", "--warmup-steps", "-5"], "--warmup-steps: must be >= 0"),
     (["train", "--epochs", "inf"], "--epochs: must be a finite number > 0"),
     (["train", "--dist-timeout", "0"], "--dist-timeout: must be a finite number > 0"),
+    (["train", "--save", "no-such-dir/ck.pt"], "does not exist"),
+    (["train", "--save-every", "5"], "--save-every needs --save"),
     (["train", "--batch-size", "two"], "--batch-size: expected an int"),
     (["train", "--method", "full", "--rank", "4"], "--rank is not used by --method full"),
     (["train", "--opt", "novalue"], "--opt expects KEY=VALUE"),

@@ -8,19 +8,20 @@ import os
 import time
 from typing import Any
 
+from .checkpoint import atomic_write
 from .trainer import TrainConfig, Trainer, is_main_process
 
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> bool:
-    """Write ``report`` as indented JSON to ``path``; only rank 0 writes under ``torchrun``.
+    """Write ``report`` as indented JSON to ``path`` (atomically); only rank 0 writes under
+    ``torchrun``.
 
     Returns whether this process wrote the file.
     """
     if not is_main_process():
         return False
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=False)
-        f.write("\n")
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return True
 
 

@@ -27,6 +27,8 @@ import dataclasses
 import math
 import os
 import pickle
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,11 +39,12 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..ops import dispatch_decisions, get_backend, resolve_backend
+from .checkpoint import atomic_torch_save, tensor_digest, verify_digest
 from .context import FilterFn, ProcessGroupDecisions, carry_optimizer_state
 from .data import Task, make_task
 from .strategies import Strategy, make_strategy
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: a SHA-256 digest of the tensors is stored and verified
 
 REPORT_KEYS = (
     "method",
@@ -199,6 +202,7 @@ class Trainer(ProcessGroupDecisions):
         self.step = 0
         self.losses: list[float] = []
         self.evals: list[dict[str, Any]] = []
+        self.interrupted: str | None = None  # the signal that stopped fit(), if any
         # Wall time and items per phase: "dense" before the strategy's switch, "lowrank" after.
         self.phase_time = {"dense": 0.0, "lowrank": 0.0}
         self.phase_items = {"dense": 0, "lowrank": 0}
@@ -315,9 +319,32 @@ class Trainer(ProcessGroupDecisions):
                 )
         return value
 
-    def fit(self, until: int | None = None) -> Trainer:
-        """Train until ``until`` completed steps (default: the whole run)."""
+    def fit(
+        self,
+        until: int | None = None,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        save_every: int | None = None,
+    ) -> Trainer:
+        """Train until ``until`` completed steps (default: the whole run).
+
+        Args:
+            until: stop after this many completed steps.
+            checkpoint: save here every ``save_every`` steps, at the end, and when
+                interrupted (atomically: the last good checkpoint survives any crash).
+            save_every: steps between saves (default: a tenth of the run, at least 100).
+
+        SIGINT and SIGTERM (in the main thread) finish the current step, save the
+        checkpoint and stop; :attr:`interrupted` then names the signal.
+        """
         until = self.total_steps if until is None else min(until, self.total_steps)
+        if save_every is None:
+            save_every = max(100, self.total_steps // 10)
+        stop: list[int] = []
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, lambda n, _frame: stop.append(n))
         eval_every = self.config.eval_every or max(1, self.total_steps // 5)
         bar = None
         if self.progress:
@@ -345,7 +372,16 @@ class Trainer(ProcessGroupDecisions):
                     bar.set_postfix_str(self._postfix(loss, elapsed), refresh=False)
                 if self.step % eval_every == 0 or self.step == self.total_steps:
                     self.evals.append({"step": self.step, **self.evaluate()})
+                if stop:
+                    self.interrupted = signal.Signals(stop[0]).name
+                    break
+                if checkpoint is not None and self.step % save_every == 0:
+                    self.save(checkpoint)
+            if checkpoint is not None and self.step > 0:
+                self.save(checkpoint)
         finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if bar is not None:
                 bar.close()
         return self
@@ -425,6 +461,7 @@ class Trainer(ProcessGroupDecisions):
             "final_val_loss": final_eval["val_loss"],
             "final_val_accuracy": final_eval.get("val_accuracy"),
             "steps": self.step,
+            "interrupted": self.interrupted,
             "world_size": self.world_size,
             "evals": list(self.evals),
             "strategy": self.strategy.report(),
@@ -440,13 +477,15 @@ class Trainer(ProcessGroupDecisions):
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         return {
             "version": CHECKPOINT_VERSION,
+            "digest": tensor_digest({"model": model, "optimizer": optimizer}),
             "config": self.config.to_dict(),
             "step": self.step,
             "strategy": self.strategy.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "rng": rng,
             "losses": list(self.losses),
             "evals": list(self.evals),
@@ -456,12 +495,14 @@ class Trainer(ProcessGroupDecisions):
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a checkpoint to ``path`` (``torch.save``); under torchrun on rank 0 only.
+        """Write a checkpoint to ``path`` atomically (a temporary file renamed over it, so
+        the previous checkpoint survives a crash or a full disk); under torchrun on rank 0
+        only.
 
         No collective is involved, so calling it from rank 0 alone is fine too.
         """
         if self.rank == 0:
-            torch.save(self.state_dict(), path)
+            atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def from_checkpoint(
@@ -488,6 +529,8 @@ class Trainer(ProcessGroupDecisions):
                 f"from_checkpoint: {path} has checkpoint version {found!r}, "
                 f"expected {CHECKPOINT_VERSION}"
             )
+        verify_digest({"model": ckpt["model"], "optimizer": ckpt["optimizer"]},
+                      ckpt.get("digest"), path)  # fmt: skip
         config = TrainConfig.from_dict({**ckpt["config"], **overrides})
         trainer = cls(config, progress=progress, log=log)
         trainer.strategy.load_state_dict(ckpt["strategy"])
