@@ -1,5 +1,5 @@
 """lowrank_kernels: fused low-rank layer kernels with autograd, drop-in modules and
-low-rank training strategies for PyTorch. See DESIGN §3 for the public contract."""
+low-rank training strategies for PyTorch. Design and public contract: docs/design.md."""
 
 from ._version import __version__
 from .convert import candidate_layers, factorize, merge, restore, summary

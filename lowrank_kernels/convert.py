@@ -1,4 +1,5 @@
-"""One-call model surgery: ``factorize`` / ``merge`` / ``restore`` / ``summary`` (DESIGN §3).
+"""One-call model surgery: ``factorize`` / ``merge`` / ``restore`` / ``summary``
+(docs/design.md, Public contract).
 
 ``factorize`` swaps ``nn.Linear``, ``nn.Conv2d`` (groups = 1) and ``transformers``'
 ``Conv1D`` layers for ``LowRankLinear`` / ``LowRankConv2d`` in place, initialised by

@@ -1,5 +1,6 @@
 """Rank selection: stable rank, scaled stable rank, energy / explained-ratio ranks,
-convergence detection and hardware-friendly rank rounding (DESIGN §5).
+convergence detection and hardware-friendly rank rounding (docs/design.md,
+Training strategies).
 
 Every layer is seen through its weight *matrix* ``[out, in]`` — ``nn.Linear``'s weight,
 a conv's weight reshaped to ``[out, in·kh·kw]``, the transpose of a ``transformers``

@@ -14,7 +14,7 @@ from lowrank_kernels.testing import rel_error
 
 
 def _forward64(layer: LoRALinear, x: torch.Tensor) -> torch.Tensor:
-    """``x·Wᵀ + b + s·x·A·B`` in float64 (DESIGN §5)."""
+    """``x·Wᵀ + b + s·x·A·B`` in float64 (docs/design.md, ReLoRA)."""
     x64 = x.detach().double()
     y = x64 @ layer.weight.detach().double().t()
     if layer.bias is not None:

@@ -1,7 +1,7 @@
 """Training strategies on a tiny char GPT: Cuttlefish, ReLoRA, InRank, fixed, Frobenius decay.
 
-References are computed here in float64 numpy/torch from DESIGN §5, never read back
-from the code under test.
+References are computed here in float64 numpy/torch from the training-strategies
+section of docs/design.md, never read back from the code under test.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_cuttlefish_switch_structure_ranks_and_optimizer():
     assert trainer.strategy.switch_step == 10
     assert trainer.strategy.switch_reason == "max_switch_step reached"
 
-    # Expected ranks from DESIGN §5 in float64: ceil(srank(W_t)·full/srank(W_0)),
+    # Expected ranks (docs/design.md, Cuttlefish) in float64: ceil(srank(W_t)·full/srank(W_0)),
     # rounded up to a multiple of 4; layers where r·(K+N) >= K·N stay dense.
     named = dict(trainer.model.named_modules())
     ranks = trainer.strategy.ranks(trainer.model)
@@ -358,8 +358,8 @@ def _set_spectrum(module: LowRankLinear, s: list[float], seed: int = 0) -> torch
 
 
 def _explained_rank64(product: torch.Tensor, capacity: int, threshold: float = 0.9) -> int:
-    """Smallest k with ``1 − Var(s − s_k)/Var(s) > threshold`` (DESIGN §5), numpy float64,
-    over the ``capacity`` singular values of a rank-``capacity`` product."""
+    """Smallest k with ``1 − Var(s − s_k)/Var(s) > threshold`` (docs/design.md, InRank),
+    numpy float64, over the ``capacity`` singular values of a rank-``capacity`` product."""
     s = np.linalg.svd(product.detach().double().numpy(), compute_uv=False)[:capacity]
     for k in range(1, len(s) + 1):
         tail = s.copy()
