@@ -20,16 +20,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from .nn import LowRankConv2d, LowRankLinear, truncated_svd_factors
-from .rank import (
-    StableRankTracker,
-    conv1d_type,
+from .layers import (
+    LOWRANK_TYPES,
+    ORIGIN,
+    FilterFn,
+    candidate_layers,
+    check_layer_rank,
+    dense_kind,
+    factorized,
     full_rank,
-    is_conv1d,
     layer_dims,
-    round_rank,
-    stable_ranks,
+    lowrank_like,
+    merged,
+    parent_of,
+    replace_child,
+    scan_layers,
+    walk_layers,
 )
+from .nn import LowRankConv2d
+from .profiler import profile_layers
+from .rank import StableRankTracker, round_rank, stable_ranks
 
 __all__ = [
     "LayerSummary",
@@ -43,234 +53,9 @@ __all__ = [
     "summary",
 ]
 
-FilterFn = Callable[[nn.Module, str], bool]
 RankSpec = int | float | str | Mapping[str, int] | Callable[[str, nn.Module], "int | None"]
 
 _RECORDS = "_lowrank_records"  # per-model {fqn: {...}}: reasons and measured times
-_ORIGIN = "_lowrank_origin"  # on a LowRankLinear made from a Conv1D: merge rebuilds a Conv1D
-_LOWRANK_TYPES = (LowRankLinear, LowRankConv2d)
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding layers
-
-
-def _is_lowrank_leaf(module: nn.Module) -> bool:
-    # Layers inside these are parts of a low-rank layer (LowRankConv2d's conv_v/conv_u),
-    # not layers of the model; other modules can opt in with `_lowrank_kernels_leaf = True`.
-    return isinstance(module, _LOWRANK_TYPES) or bool(
-        getattr(type(module), "_lowrank_kernels_leaf", False)
-    )
-
-
-def _dense_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
-        return "Linear"
-    if isinstance(module, nn.Conv2d):
-        return "Conv2d"
-    if is_conv1d(module):
-        return "Conv1D"
-    return None
-
-
-def _walk(model: nn.Module):
-    """Yield ``(fqn, module, parent)`` once per module object, not descending into low-rank
-    layers, plus the map ``id(module) -> [every path]`` for shared-module detection."""
-    paths: dict[int, list[str]] = {}
-    for fqn, module in model.named_modules(remove_duplicate=False):
-        paths.setdefault(id(module), []).append(fqn)
-    seen: set[int] = set()
-    out = []
-
-    def visit(module: nn.Module, prefix: str, parent: nn.Module | None) -> None:
-        if id(module) in seen:
-            return
-        seen.add(id(module))
-        out.append((prefix, module, parent))
-        if _is_lowrank_leaf(module):
-            return
-        for name, child in module.named_children():
-            visit(child, f"{prefix}.{name}" if prefix else name, module)
-
-    visit(model, "", None)
-    return out, paths
-
-
-def _param_owners(model: nn.Module) -> dict[int, list[str]]:
-    owners: dict[int, list[str]] = {}
-    for fqn, module in model.named_modules(remove_duplicate=False):
-        for pname, p in module.named_parameters(recurse=False):
-            if p is not None:
-                owners.setdefault(id(p), []).append(f"{fqn}.{pname}" if fqn else pname)
-    return owners
-
-
-def _scan(
-    model: nn.Module, filter_fn: FilterFn | None
-) -> tuple[dict[str, nn.Module], dict[str, tuple[nn.Module, str]]]:
-    """``(candidates, skipped)``: factorizable dense layers and dense layers left alone
-    (``{fqn: (module, reason)}``), both in model order."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if filter_fn is not None and not callable(filter_fn):
-        raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {filter_fn!r}")
-    walk, paths = _walk(model)
-    owners = _param_owners(model)
-    candidates: dict[str, nn.Module] = {}
-    skipped: dict[str, tuple[nn.Module, str]] = {}
-    for fqn, module, parent in walk:
-        kind = _dense_kind(module)
-        if kind is None:
-            continue
-        reason = None
-        base = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}.get(kind)
-        weight = getattr(module, "weight", None)
-        if fqn == "":
-            reason = "the model itself is the layer (cannot be replaced in place)"
-        elif isinstance(weight, nn.parameter.UninitializedParameter):
-            reason = "lazy layer not initialised yet"
-        elif base is not None and type(module).forward is not base.forward:
-            reason = f"{type(module).__name__} overrides {base.__name__}.forward"
-        elif kind == "Conv2d" and module.groups != 1:
-            reason = f"grouped conv (groups={module.groups})"
-        elif isinstance(parent, nn.MultiheadAttention):
-            reason = "nn.MultiheadAttention reads this layer's weight directly"
-        elif len(paths[id(module)]) > 1:
-            reason = f"module shared at several paths {paths[id(module)]}"
-        elif weight is not None and len(owners.get(id(weight), [])) > 1:
-            others = [o for o in owners[id(weight)] if o != f"{fqn}.weight"]
-            reason = f"weight tied to {others}"
-        elif filter_fn is not None and not filter_fn(module, fqn):
-            reason = "excluded by filter_fn"
-        if reason is None:
-            candidates[fqn] = module
-        else:
-            skipped[fqn] = (module, reason)
-    return candidates, skipped
-
-
-def candidate_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[str, nn.Module]:
-    """The layers ``factorize`` may convert: ``{fqn: module}`` in model order.
-
-    That is every ``nn.Linear``, ``nn.Conv2d`` with ``groups == 1`` and ``transformers``
-    ``Conv1D`` that passes ``filter_fn(module, fqn)`` (torchao convention), except:
-    layers already low-rank (and the convs inside a ``LowRankConv2d``), subclasses that
-    override ``forward``, lazy layers, the projections of ``nn.MultiheadAttention`` (it
-    reads their weights directly), modules reachable under several names, layers whose
-    weight is tied to another module's (e.g. GPT-2's ``lm_head``), and the model itself.
-    ``summary`` lists the layers left out with the reason.
-    """
-    return _scan(model, filter_fn)[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Building low-rank layers
-
-
-def _check_layer_rank(rank: object, fqn: str, module: nn.Module, source: str) -> int:
-    full = full_rank(module)
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(
-            f"{source}: rank for layer {fqn!r} must be an int, got {type(rank).__name__} ({rank!r})"
-        )
-    if not 1 <= rank <= full:
-        _, k, n = layer_dims(module)
-        raise ValueError(
-            f"{source}: rank for layer {fqn!r} must be between 1 and its full rank "
-            f"min({k}, {n}) = {full}, got {rank}"
-        )
-    return rank
-
-
-def lowrank_like(module: nn.Module, rank: int) -> nn.Module:
-    """An untrained low-rank layer of ``module``'s shape, device and dtype at ``rank``.
-
-    ``nn.Linear``/``Conv1D`` give a ``LowRankLinear``, ``nn.Conv2d`` a ``LowRankConv2d``
-    with the same stride/padding/dilation/padding mode. Default init (no SVD): use it
-    where only the shapes matter (profiling, loading a state_dict).
-    """
-    kind = _dense_kind(module)
-    weight = module.weight
-    factory = {"device": weight.device, "dtype": weight.dtype}
-    has_bias = getattr(module, "bias", None) is not None
-    if kind in ("Linear", "Conv1D"):
-        _, k, n = layer_dims(module)
-        new = LowRankLinear(k, n, rank, bias=has_bias, **factory)
-        if kind == "Conv1D":
-            setattr(new, _ORIGIN, "Conv1D")
-        return new
-    if kind == "Conv2d":
-        if module.groups != 1:
-            raise ValueError(f"groups must be 1 to factorize a Conv2d, got groups={module.groups}")
-        return LowRankConv2d(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            rank,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            bias=has_bias,
-            padding_mode=module.padding_mode,
-            **factory,
-        )
-    raise TypeError(
-        f"module must be an nn.Linear, nn.Conv2d or transformers Conv1D, got "
-        f"{type(module).__name__}"
-    )
-
-
-def _factorized(module: nn.Module, rank: int) -> nn.Module:
-    kind = _dense_kind(module)
-    if kind == "Linear":
-        new = LowRankLinear.from_linear(module, rank)
-    elif kind == "Conv2d":
-        new = LowRankConv2d.from_conv2d(module, rank)
-    else:  # Conv1D: weight [in, out] and y = x·W + b, i.e. already LowRankLinear's [K, N]
-        new = lowrank_like(module, rank)
-        V, U = truncated_svd_factors(module.weight.detach(), rank)
-        with torch.no_grad():
-            new.V.copy_(V)
-            new.U.copy_(U)
-            new.bias.copy_(module.bias.detach())
-    # carry the trainability of the dense layer over to its factors
-    w_grad = module.weight.requires_grad
-    for name, p in new.named_parameters():
-        bias = getattr(module, "bias", None)
-        p.requires_grad_(
-            bias.requires_grad if name.endswith("bias") and bias is not None else w_grad
-        )
-    new.train(module.training)
-    return new
-
-
-def _merged(module: nn.Module) -> nn.Module:
-    if isinstance(module, LowRankConv2d):
-        dense = module.to_conv2d()
-    elif getattr(module, _ORIGIN, None) == "Conv1D":
-        conv1d = conv1d_type()
-        if conv1d is None:  # pragma: no cover - the origin is only set when it was imported
-            raise RuntimeError("merge: transformers is needed to rebuild a Conv1D layer")
-        v = module.V.detach()
-        work = torch.float64 if v.dtype == torch.float64 else torch.float32
-        dense = conv1d(module.out_features, module.in_features).to(device=v.device, dtype=v.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(v.to(work) @ module.U.detach().to(work))
-            dense.bias.copy_(module.bias.detach())
-        dense.weight.requires_grad_(module.V.requires_grad)
-    else:
-        dense = module.to_linear()
-        dense.weight.requires_grad_(module.V.requires_grad)
-    dense.train(module.training)
-    return dense
-
-
-def _replace(parent: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent._modules[fqn.rsplit(".", 1)[-1]] = new
-
-
-def _parent_of(model: nn.Module, fqn: str) -> nn.Module:
-    return model.get_submodule(fqn.rsplit(".", 1)[0]) if "." in fqn else model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +101,7 @@ def _resolve_ranks(
             elif skip_unprofitable:
                 dense[fqn] = f"rank {rank} exceeds the full rank {full}"
             else:
-                _check_layer_rank(rank, fqn, m, src)
+                check_layer_rank(rank, fqn, m, src)
     elif isinstance(rank, float):
         if not (math.isfinite(rank) and 0.0 < rank <= 1.0):
             raise ValueError(f"{src}: a float rank is a ratio of full rank in (0, 1], got {rank}")
@@ -365,7 +150,7 @@ def _resolve_ranks(
                     f"{src}: rank mapping names {fqn!r}, which is not a factorizable layer of "
                     f"the model; candidates are: {shown}"
                 )
-            chosen[fqn] = _check_layer_rank(r, fqn, candidates[fqn], src)
+            chosen[fqn] = check_layer_rank(r, fqn, candidates[fqn], src)
         for fqn in candidates:
             if fqn not in chosen:
                 dense[fqn] = "not in the rank mapping"
@@ -375,7 +160,7 @@ def _resolve_ranks(
             if r is None:
                 dense[fqn] = "rank callable returned None"
             else:
-                chosen[fqn] = _check_layer_rank(r, fqn, m, f"{src}: rank callable")
+                chosen[fqn] = check_layer_rank(r, fqn, m, f"{src}: rank callable")
     else:
         raise TypeError(
             f"{src}: rank must be an int, a float ratio in (0, 1], a {{fqn: int}} mapping, a "
@@ -463,7 +248,7 @@ def factorize(
                 "min_speedup needs example_input (the layers are timed on the inputs they see "
                 "when the model runs on it)"
             )
-    candidates, skipped = _scan(model, filter_fn)
+    candidates, skipped = scan_layers(model, filter_fn)
     chosen, dense = _resolve_ranks(
         rank,
         candidates,
@@ -486,8 +271,6 @@ def factorize(
 
     timings = {}
     if example_input is not None and chosen:
-        from .profiler import profile_layers
-
         timings = profile_layers(
             model,
             example_input,
@@ -515,7 +298,7 @@ def factorize(
             rec["reason"] = "not profiled: example_input did not reach this layer"
         records[fqn] = rec
         if fqn in chosen:
-            _replace(_parent_of(model, fqn), fqn, _factorized(module, chosen[fqn]))
+            replace_child(parent_of(model, fqn), fqn, factorized(module, chosen[fqn]))
     return {fqn: chosen[fqn] for fqn in candidates if fqn in chosen}
 
 
@@ -530,15 +313,15 @@ def merge(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if isinstance(model, _LOWRANK_TYPES):
-        return _merged(model)
+    if isinstance(model, LOWRANK_TYPES):
+        return merged(model)
     records = model.__dict__.get(_RECORDS, {})
-    walk, paths = _walk(model)
+    walk, paths = walk_layers(model)
     for fqn, module, _ in walk:
-        if isinstance(module, _LOWRANK_TYPES):
-            dense = _merged(module)
+        if isinstance(module, LOWRANK_TYPES):
+            dense = merged(module)
             for path in paths[id(module)]:  # keep sharing if the layer sits at several paths
-                _replace(_parent_of(model, path), path, dense)
+                replace_child(parent_of(model, path), path, dense)
             records.pop(fqn, None)
     return model
 
@@ -560,11 +343,11 @@ def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Modu
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    walk, _ = _walk(model)
+    walk, _ = walk_layers(model)
     replaced: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for fqn, module, parent in walk:
-            kind = _dense_kind(module)
+            kind = dense_kind(module)
             if kind is None or parent is None:
                 continue
             pre = f"{fqn}."
@@ -588,7 +371,7 @@ def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Modu
                 r = int(cv.shape[0])
             else:
                 continue
-            _check_layer_rank(r, fqn, module, "restore")
+            check_layer_rank(r, fqn, module, "restore")
             new = lowrank_like(module, r)
             new.train(module.training)
             name = fqn.rsplit(".", 1)[-1]
@@ -712,20 +495,18 @@ def summary(model: nn.Module) -> ModelSummary:
 
     Returns a ``ModelSummary`` (iterable of ``LayerSummary``; ``print`` it for a table).
     """
-    _, skipped = _scan(model, None)
+    _, skipped = scan_layers(model, None)
     records = model.__dict__.get(_RECORDS, {})
-    walk, _ = _walk(model)
+    walk, _ = walk_layers(model)
     layers = []
     for fqn, module, _ in walk:
-        if isinstance(module, _LOWRANK_TYPES):
+        if isinstance(module, LOWRANK_TYPES):
             kind = (
-                "Conv2d"
-                if isinstance(module, LowRankConv2d)
-                else getattr(module, _ORIGIN, "Linear")
+                "Conv2d" if isinstance(module, LowRankConv2d) else getattr(module, ORIGIN, "Linear")
             )
             r: int | None = module.rank
-        elif _dense_kind(module) is not None:
-            kind, r = _dense_kind(module), None
+        elif dense_kind(module) is not None:
+            kind, r = dense_kind(module), None
         else:
             continue
         _, k, n = layer_dims(module)

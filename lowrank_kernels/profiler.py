@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layers import check_layer_rank, dense_kind, layer_dims, lowrank_like
 from .ops import check_int
 from .ops.timing import median_ms
-from .rank import layer_dims
 
 __all__ = ["LayerTiming", "default_timer", "profile_layers"]
 
@@ -108,7 +108,6 @@ def profile_layers(
         ValueError: an fqn is not a layer of the model, or a rank is out of range.
         TypeError: a listed module is not a Linear/Conv2d/Conv1D layer.
     """
-    from .convert import _check_layer_rank, _dense_kind, lowrank_like
 
     check_int(repeats, "repeats", owner="profile_layers")
     named = dict(model.named_modules())
@@ -117,13 +116,13 @@ def profile_layers(
         if fqn not in named:
             raise ValueError(f"profile_layers: ranks names {fqn!r}, which is not in the model")
         module = named[fqn]
-        if _dense_kind(module) is None:
+        if dense_kind(module) is None:
             raise TypeError(
                 f"profile_layers: layer {fqn!r} must be an nn.Linear, nn.Conv2d or transformers "
                 f"Conv1D, got {type(module).__name__}"
             )
         layer_dims(module)
-        _check_layer_rank(r, fqn, module, "profile_layers")
+        check_layer_rank(r, fqn, module, "profile_layers")
         targets[fqn] = module
 
     captured: dict[str, torch.Tensor] = {}

@@ -10,14 +10,19 @@ a conv's weight reshaped to ``[out, in·kh·kw]``, the transpose of a ``transfor
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .nn import LowRankConv2d, LowRankLinear
+from .layers import (
+    LOWRANK_TYPES,
+    candidate_layers,
+    full_rank,
+    module_weight_matrix,
+    work_dtype,
+)
 
 __all__ = [
     "ConvergenceDetector",
@@ -32,81 +37,6 @@ __all__ = [
     "stable_rank",
     "stable_ranks",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer views (shared with convert.py and profiler.py)
-
-
-def conv1d_type() -> type | None:
-    """``transformers.pytorch_utils.Conv1D`` if transformers is already imported, else None.
-
-    A model that contains a Conv1D has necessarily imported transformers, so looking in
-    ``sys.modules`` finds it without paying transformers' import time for plain models.
-    """
-    mod = sys.modules.get("transformers.pytorch_utils")
-    return getattr(mod, "Conv1D", None) if mod is not None else None
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is a ``transformers`` ``Conv1D`` (weight ``[in, out]``, y = x·W + b)."""
-    cls = conv1d_type()
-    return cls is not None and isinstance(module, cls)
-
-
-def layer_dims(module: nn.Module) -> tuple[str, int, int]:
-    """``(kind, K, N)``: the layer's kind and its weight matrix's input/output sizes.
-
-    ``K`` is the reduction size (``in_features``, or ``in·kh·kw`` for convs) and ``N`` the
-    output size, so the dense layer costs ``K·N`` weights and a rank-r one ``r·(K+N)``.
-
-    Raises:
-        TypeError: ``module`` is not a Linear, Conv2d, Conv1D or low-rank module.
-    """
-    if isinstance(module, LowRankLinear):
-        return "LowRankLinear", module.in_features, module.out_features
-    if isinstance(module, LowRankConv2d):
-        kh, kw = module.kernel_size
-        return "LowRankConv2d", module.in_channels * kh * kw, module.out_channels
-    if isinstance(module, nn.Linear):
-        return "Linear", module.in_features, module.out_features
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return "Conv2d", (module.in_channels // module.groups) * kh * kw, module.out_channels
-    if is_conv1d(module):
-        nx, nf = module.weight.shape
-        return "Conv1D", int(nx), int(nf)
-    raise TypeError(
-        "module must be an nn.Linear, nn.Conv2d, transformers Conv1D, LowRankLinear or "
-        f"LowRankConv2d, got {type(module).__name__}"
-    )
-
-
-def full_rank(module: nn.Module) -> int:
-    """The largest rank of ``module``'s weight matrix: ``min(K, N)`` (see ``layer_dims``)."""
-    _, k, n = layer_dims(module)
-    return min(k, n)
-
-
-def module_weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The detached weight matrix ``[out, in]`` (``[out, in·kh·kw]`` for convs) of ``module``.
-
-    Dense layers return a view of their weight (Conv1D's transposed); low-rank modules
-    return the product of their factors, computed in fp32 (fp64 for fp64).
-    """
-    if isinstance(module, LowRankLinear):
-        v = module.V.detach()
-        work = torch.float64 if v.dtype == torch.float64 else torch.float32
-        return (v.to(work) @ module.U.detach().to(work)).t()
-    if isinstance(module, LowRankConv2d):
-        return module.weight_matrix()
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        w = module.weight.detach()
-        return w.reshape(w.shape[0], -1)
-    if is_conv1d(module):
-        return module.weight.detach().t()
-    layer_dims(module)  # raises the TypeError with the list of supported types
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,10 +57,6 @@ def _as_matrix(weight: torch.Tensor | nn.Module, arg: str) -> torch.Tensor:
         f"{arg} must be a 2-D [out, in] matrix or a conv weight [out, in, *kernel], "
         f"got shape {tuple(weight.shape)}"
     )
-
-
-def _work_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def stable_rank(weight: torch.Tensor | nn.Module) -> float:
@@ -167,7 +93,7 @@ def _stable_ranks64(mats: list[torch.Tensor]) -> torch.Tensor:
     """Stable ranks of 2-D matrices as a float64 CPU tensor (computed in fp32 / fp64)."""
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(mats):
-        groups.setdefault((tuple(m.shape), m.device, _work_dtype(m)), []).append(i)
+        groups.setdefault((tuple(m.shape), m.device, work_dtype(m)), []).append(i)
     result = torch.empty(len(mats), dtype=torch.float64)
     for (_, _, work), idx in groups.items():
         stack = torch.stack([mats[i] for i in idx]).to(work)
@@ -418,16 +344,13 @@ class StableRankTracker:
     def __init__(
         self, model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
     ) -> None:
-        from .convert import candidate_layers  # convert imports this module
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         layers = dict(candidate_layers(model, filter_fn))
         for fqn, module in model.named_modules():
-            if isinstance(module, (LowRankLinear, LowRankConv2d)) and (
-                filter_fn is None or filter_fn(module, fqn)
-            ):
+            if isinstance(module, LOWRANK_TYPES) and (filter_fn is None or filter_fn(module, fqn)):
                 layers[fqn] = module
         if not layers:
             raise ValueError(

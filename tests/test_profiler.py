@@ -34,7 +34,7 @@ class FakeTimer:
 
     def __call__(self, module: nn.Module, x: torch.Tensor, repeats: int) -> float:
         self.calls.append((type(module).__name__, tuple(x.shape), repeats))
-        _, k, n = lrk.rank.layer_dims(module)
+        _, k, n = lrk.layers.layer_dims(module)
         if isinstance(module, (lrk.LowRankLinear, lrk.LowRankConv2d)):
             return module.rank * (k + n) * self.overhead
         return float(k * n)

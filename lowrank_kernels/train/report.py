@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from ..layers import candidate_layers, full_rank
 from .checkpoint import atomic_write
 from .trainer import TrainConfig, Trainer, is_main_process
 
@@ -171,8 +172,6 @@ def run_demo(
     "speedup_lowrank_phase", "speedup_end_to_end", "wall_time_s", "quick"}`` where the
     speedups are Cuttlefish's tokens/s (after the switch; whole run) over full-rank's.
     """
-    from ..rank import full_rank
-
     start = time.perf_counter()
     _warm_up(device)
     runs = {}
@@ -180,8 +179,6 @@ def run_demo(
     for name, config in demo_configs(quick, device, seed).items():
         trainer = Trainer(config, progress=progress, log=log)
         if name == "full":
-            from ..convert import candidate_layers
-
             layers = candidate_layers(trainer.model, trainer.task.filter_fn)
             full_ranks = {fqn: full_rank(m) for fqn, m in layers.items()}
         runs[name] = trainer.fit().report()
