@@ -38,6 +38,7 @@ from .layers import (
     walk_layers,
 )
 from .nn import LowRankConv2d
+from .ops import check_int
 from .profiler import profile_layers
 from .rank import StableRankTracker, round_rank, stable_ranks
 
@@ -60,12 +61,6 @@ _RECORDS = "_lowrank_records"  # per-model {fqn: {...}}: reasons and measured ti
 
 # ---------------------------------------------------------------------------------------------
 # Rank resolution
-
-
-def _validate_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _derived(raw: float, module: nn.Module, min_rank: int, rank_multiple: int) -> int:
@@ -232,8 +227,8 @@ def factorize(
             unknown fqn, a wrong type), ``"scaled_stable"`` without a tracker, or
             ``min_speedup`` without ``example_input``.
     """
-    _validate_int("rank_multiple", rank_multiple, 1)
-    _validate_int("min_rank", min_rank, 1)
+    check_int(rank_multiple, "rank_multiple", minimum=1)
+    check_int(min_rank, "min_rank", minimum=1)
     if not isinstance(skip_unprofitable, bool):
         raise TypeError(f"skip_unprofitable must be a bool, got {skip_unprofitable!r}")
     if min_speedup is not None:

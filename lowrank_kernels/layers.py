@@ -23,13 +23,15 @@ FilterFn = Callable[[nn.Module, str], bool]
 #: The low-rank layer types (their inner convs are parts of them, not model layers).
 LOWRANK_TYPES = (LowRankLinear, LowRankConv2d)
 
+#: The one registry of dense layer types and the low-rank type that replaces each (a
+#: transformers ``Conv1D`` becomes a ``LowRankLinear`` too; see ``factorized``).
+LOWRANK_FOR_DENSE: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: LowRankLinear,
+    nn.Conv2d: LowRankConv2d,
+}
+
 #: Set on a LowRankLinear made from a transformers Conv1D, so ``merge`` rebuilds a Conv1D.
 ORIGIN = "_lowrank_origin"
-
-
-def work_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype factor products and SVDs run in: float64 for float64, else float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,11 +94,7 @@ def module_weight_matrix(module: nn.Module) -> torch.Tensor:
     Dense layers return a view of their weight (Conv1D's transposed); low-rank modules
     return the product of their factors, computed in fp32 (fp64 for fp64).
     """
-    if isinstance(module, LowRankLinear):
-        v = module.V.detach()
-        work = work_dtype(v)
-        return (v.to(work) @ module.U.detach().to(work)).t()
-    if isinstance(module, LowRankConv2d):
+    if isinstance(module, LOWRANK_TYPES):
         return module.weight_matrix()
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         w = module.weight.detach()
@@ -269,11 +267,8 @@ def lowrank_like(module: nn.Module, rank: int) -> nn.Module:
             module.out_channels,
             module.kernel_size,
             rank,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
             bias=has_bias,
-            padding_mode=module.padding_mode,
+            **LowRankConv2d.conv_options(module),
             **factory,
         )
     raise TypeError(
@@ -286,10 +281,10 @@ def factorized(module: nn.Module, rank: int) -> nn.Module:
     """The low-rank layer for a dense ``module`` at ``rank`` (truncated SVD, √S split),
     with the dense layer's trainability and train/eval mode."""
     kind = dense_kind(module)
-    if kind == "Linear":
-        new = LowRankLinear.from_linear(module, rank)
-    elif kind == "Conv2d":
-        new = LowRankConv2d.from_conv2d(module, rank)
+    if kind in ("Linear", "Conv2d"):
+        new = LOWRANK_FOR_DENSE[{"Linear": nn.Linear, "Conv2d": nn.Conv2d}[kind]].from_dense(
+            module, rank
+        )
     else:  # Conv1D: weight [in, out] and y = x·W + b, i.e. already LowRankLinear's [K, N]
         new = lowrank_like(module, rank)
         V, U = truncated_svd_factors(module.weight.detach(), rank)
@@ -311,20 +306,19 @@ def factorized(module: nn.Module, rank: int) -> nn.Module:
 def merged(module: nn.Module) -> nn.Module:
     """The dense layer equal to a low-rank ``module`` (a Conv1D again where it was one)."""
     if isinstance(module, LowRankConv2d):
-        dense = module.to_conv2d()
+        dense = module.to_dense()
     elif getattr(module, ORIGIN, None) == "Conv1D":
         conv1d = conv1d_type()
         if conv1d is None:  # pragma: no cover - the origin is only set when it was imported
             raise RuntimeError("merge: transformers is needed to rebuild a Conv1D layer")
         v = module.V.detach()
-        work = work_dtype(v)
         dense = conv1d(module.out_features, module.in_features).to(device=v.device, dtype=v.dtype)
         with torch.no_grad():
-            dense.weight.copy_(v.to(work) @ module.U.detach().to(work))
+            dense.weight.copy_(module.weight_matrix().t())
             dense.bias.copy_(module.bias.detach())
         dense.weight.requires_grad_(module.V.requires_grad)
     else:
-        dense = module.to_linear()
+        dense = module.to_dense()
         dense.weight.requires_grad_(module.V.requires_grad)
     dense.train(module.training)
     return dense

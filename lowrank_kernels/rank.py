@@ -21,8 +21,8 @@ from .layers import (
     candidate_layers,
     full_rank,
     module_weight_matrix,
-    work_dtype,
 )
+from .ops import work_dtype
 
 __all__ = [
     "ConvergenceDetector",

@@ -4,4 +4,9 @@ from .conv import LowRankConv2d
 from .linear import LowRankLinear, truncated_svd_factors
 from .lora import LoRALinear
 
-__all__ = ["LoRALinear", "LowRankConv2d", "LowRankLinear", "truncated_svd_factors"]
+__all__ = [
+    "LoRALinear",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "truncated_svd_factors",
+]

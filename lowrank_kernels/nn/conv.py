@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..ops import check_int
+from ..ops import check_int, work_dtype
 from .linear import truncated_svd_factors
 
 
@@ -160,13 +160,10 @@ class LowRankConv2d(nn.Module):
             conv.out_channels,
             kernel,
             rank,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
             bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
             device=weight.device,
             dtype=weight.dtype,
+            **cls.conv_options(conv),
         )
         # W [out, patch] ≈ A_r·√S · √S·B_rᵀ: the left factor is the 1×1 conv, the right the k×k.
         left, right = truncated_svd_factors(weight.reshape(conv.out_channels, -1), rank)
@@ -184,9 +181,61 @@ class LowRankConv2d(nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """The product ``U_c·V_c`` as ``[out, in·kh·kw]``, in fp32 (fp64 for fp64), detached."""
         u = self.conv_u.weight.detach()
-        work = torch.float64 if u.dtype == torch.float64 else torch.float32
+        work = work_dtype(u)
         v = self.conv_v.weight.detach().reshape(self.rank, -1)
         return u.reshape(self.out_channels, self.rank).to(work) @ v.to(work)
+
+    @staticmethod
+    def conv_options(conv: nn.Conv2d | LowRankConv2d) -> dict[str, object]:
+        """``stride``, ``padding``, ``dilation``, ``padding_mode`` of a (low-rank) conv: the
+        constructor arguments every conversion carries over."""
+        return {
+            "stride": conv.stride,
+            "padding": conv.padding,
+            "dilation": conv.dilation,
+            "padding_mode": conv.padding_mode,
+        }
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, rank: int) -> LowRankConv2d:
+        """:meth:`from_conv2d` under the name every low-rank layer shares."""
+        return cls.from_conv2d(conv, rank)
+
+    def to_dense(self) -> nn.Conv2d:
+        """:meth:`to_conv2d` under the name every low-rank layer shares."""
+        return self.to_conv2d()
+
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """``(conv_v.weight [r, in, kh, kw], conv_u.weight [out, r, 1, 1])``."""
+        return self.conv_v.weight, self.conv_u.weight
+
+    @torch.no_grad()
+    def with_rank(self, rank: int) -> LowRankConv2d:
+        """A new layer with the same shape, options, dtype and device at ``rank``.
+
+        Growing keeps the function exactly (current factors kept, new k×k filters from the
+        default init, new 1×1 weights zero); shrinking gives the best rank-``rank``
+        approximation of the current product (truncated SVD).
+        """
+        if rank < self.rank:
+            return type(self).from_conv2d(self.to_conv2d(), rank)
+        weight = self.conv_v.weight
+        new = type(self)(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            rank,
+            bias=self.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+            **self.conv_options(self),
+        )
+        new.conv_v.weight[: self.rank] = weight
+        new.conv_u.weight[:, : self.rank] = self.conv_u.weight
+        new.conv_u.weight[:, self.rank :] = 0
+        if self.bias is not None:
+            new.conv_u.bias.copy_(self.bias)
+        return new
 
     def to_conv2d(self) -> nn.Conv2d:
         """The dense ``nn.Conv2d`` with weight ``U_c·V_c``, multiplied in fp32 (fp64 for fp64)."""
@@ -195,13 +244,10 @@ class LowRankConv2d(nn.Module):
             self.in_channels,
             self.out_channels,
             self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
             bias=self.bias is not None,
-            padding_mode=self.padding_mode,
             device=ref.device,
             dtype=ref.dtype,
+            **self.conv_options(self),
         )
         with torch.no_grad():
             conv.weight.copy_(self.weight_matrix().reshape(conv.weight.shape))

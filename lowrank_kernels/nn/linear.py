@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..ops import check_int, check_rank, lowrank_linear
+from ..ops import check_int, check_rank, lowrank_linear, work_dtype
 
 
 def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,8 +17,7 @@ def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tens
     The SVD runs in fp32 (fp64 for fp64 input) on the matrix's device; the factors
     come back in that precision, ``V [K, rank]`` and ``U [rank, N]``.
     """
-    work_dtype = torch.float64 if weight_t.dtype == torch.float64 else torch.float32
-    A, S, Bh = torch.linalg.svd(weight_t.to(work_dtype), full_matrices=False)
+    A, S, Bh = torch.linalg.svd(weight_t.to(work_dtype(weight_t)), full_matrices=False)
     sqrt_s = S[:rank].sqrt()
     return A[:, :rank] * sqrt_s, sqrt_s[:, None] * Bh[:rank]
 
@@ -114,10 +113,58 @@ class LowRankLinear(nn.Module):
                 module.bias.copy_(linear.bias.detach())
         return module
 
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
+        """:meth:`from_linear` under the name every low-rank layer shares."""
+        return cls.from_linear(linear, rank)
+
+    def to_dense(self) -> nn.Linear:
+        """:meth:`to_linear` under the name every low-rank layer shares."""
+        return self.to_linear()
+
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """``(V [in, r], U [r, out])``: the layer's two factor weights."""
+        return self.V, self.U
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The dense-equivalent weight ``(V·U)ᵀ`` as ``[out, in]``, detached, multiplied in
+        fp32 (fp64 for fp64)."""
+        work = work_dtype(self.V)
+        return (self.V.detach().to(work) @ self.U.detach().to(work)).t()
+
+    @torch.no_grad()
+    def with_rank(self, rank: int) -> LowRankLinear:
+        """A new layer of the same shape, dtype, device and options at ``rank``.
+
+        Growing (``rank >= self.rank``) keeps the function exactly: the current factors
+        are kept, the new columns of V come from the default init and the new rows of U
+        are zero, so both start receiving gradients. Shrinking gives the best rank-``rank``
+        approximation of the current product (truncated SVD, √S split).
+        """
+        rank = check_rank(rank, self.in_features, self.out_features)
+        if rank < self.rank:
+            new = type(self).from_linear(self.to_linear(), rank)
+            new.recompute_intermediate = self.recompute_intermediate
+            return new
+        new = type(self)(
+            self.in_features,
+            self.out_features,
+            rank,
+            bias=self.bias is not None,
+            device=self.V.device,
+            dtype=self.V.dtype,
+            recompute_intermediate=self.recompute_intermediate,
+        )
+        new.V[:, : self.rank] = self.V
+        new.U[: self.rank] = self.U
+        new.U[self.rank :] = 0
+        if self.bias is not None:
+            new.bias.copy_(self.bias)
+        return new
+
     def to_linear(self) -> nn.Linear:
         """The dense ``nn.Linear`` with weight ``(V·U)ᵀ``, multiplied in fp32 (fp64 for fp64)."""
         weight = self.V.detach()
-        work_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
         linear = nn.Linear(
             self.in_features,
             self.out_features,
@@ -126,8 +173,7 @@ class LowRankLinear(nn.Module):
             dtype=weight.dtype,
         )
         with torch.no_grad():
-            product = self.V.detach().to(work_dtype) @ self.U.detach().to(work_dtype)
-            linear.weight.copy_(product.t())
+            linear.weight.copy_(self.weight_matrix())
             if self.bias is not None:
                 linear.bias.copy_(self.bias.detach())
         return linear

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import check_int, check_rank, lowrank_linear
+from ..ops import check_int, check_rank, lowrank_linear, work_dtype
 
 
 class LoRALinear(nn.Module):
@@ -85,7 +85,7 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
         """The update ``s·(A·B)ᵀ`` as an ``[N, K]`` matrix in fp32 (fp64 for fp64 params)."""
-        work = torch.float64 if self.A.dtype == torch.float64 else torch.float32
+        work = work_dtype(self.A)
         return (self.A.to(work) @ self.B.to(work)).t() * self.scale
 
     @torch.no_grad()
@@ -120,6 +120,26 @@ class LoRALinear(nn.Module):
                 module.bias.copy_(linear.bias.detach())
         return module
 
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, rank: int) -> LoRALinear:
+        """:meth:`from_linear` (scale 1) under the name every low-rank layer shares."""
+        return cls.from_linear(linear, rank)
+
+    def to_dense(self) -> nn.Linear:
+        """:meth:`to_linear` under the name every low-rank layer shares."""
+        return self.to_linear()
+
+    def factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """``(A [in, r], B [r, out])``: the trainable low-rank update's factors."""
+        return self.A, self.B
+
+    @torch.no_grad()
+    def weight_matrix(self) -> torch.Tensor:
+        """The dense-equivalent weight ``W + s·(A·B)ᵀ`` as ``[out, in]``, in fp32 (fp64 for
+        fp64), detached. Unlike the factorized layers its rank is not bounded by ``r``."""
+        delta = self.delta_weight()
+        return self.weight.detach().to(delta.dtype) + delta
+
     def to_linear(self) -> nn.Linear:
         """The dense ``nn.Linear`` with weight ``W + s·(A·B)ᵀ`` (summed in fp32)."""
         weight = self.weight.detach()
@@ -131,8 +151,7 @@ class LoRALinear(nn.Module):
             dtype=weight.dtype,
         )
         with torch.no_grad():
-            delta = self.delta_weight()
-            linear.weight.copy_(weight.to(delta.dtype) + delta)
+            linear.weight.copy_(self.weight_matrix())
             if self.bias is not None:
                 linear.bias.copy_(self.bias.detach())
         return linear

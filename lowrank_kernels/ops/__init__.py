@@ -9,7 +9,7 @@ from .dispatch import (
     set_backend,
 )
 from .linear import lowrank_linear
-from .validation import check_int, check_linear_inputs, check_rank
+from .validation import check_int, check_linear_inputs, check_rank, work_dtype
 
 __all__ = [
     "available_backends",
@@ -22,4 +22,5 @@ __all__ = [
     "lowrank_linear",
     "resolve_backend",
     "set_backend",
+    "work_dtype",
 ]

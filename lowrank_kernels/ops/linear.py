@@ -23,7 +23,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .dispatch import resolve_backend
-from .validation import check_linear_inputs
+from .validation import check_linear_inputs, work_dtype
 
 _EMPTY_GRAD_SHAPE = (0,)
 
@@ -111,7 +111,7 @@ def _differentiable_grads(dy, x, V, U, mask):
     K, N = V.shape[0], U.shape[1]
     dy2, x2 = dy.reshape(-1, N), x.reshape(-1, K)
     dz = dy2 @ U.t()
-    acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    acc = work_dtype(dy)
     return (
         (dz @ V.t()).reshape(x.shape) if mask[0] else None,
         x2.t() @ dz if mask[1] else None,

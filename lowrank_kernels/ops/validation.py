@@ -106,3 +106,9 @@ def check_rank(rank: object, in_features: int, out_features: int, *, arg: str = 
             f"{arg} must be between 1 and min(in_features, out_features) = {full}, got {rank}"
         )
     return rank
+
+
+def work_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype products, sums and SVDs run in for ``t``'s dtype: float64 for float64,
+    float32 otherwise (16-bit inputs accumulate in fp32, as the GEMMs do)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

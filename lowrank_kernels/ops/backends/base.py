@@ -16,6 +16,8 @@ import abc
 
 import torch
 
+from ..validation import work_dtype
+
 # (needs_dx, needs_dV, needs_dU, needs_db)
 GradMask = tuple[bool, bool, bool, bool]
 Grads = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
@@ -96,7 +98,5 @@ class ChainBackend(Backend):
             if z is None:
                 z = x @ V
             dU = z.t() @ dy
-        # Accumulate in fp32 for 16-bit dY (as the GEMMs do), in float64 for float64.
-        acc = torch.float64 if dy.dtype == torch.float64 else torch.float32
-        db = dy.sum(0, dtype=acc).to(dy.dtype) if needs_db else None
+        db = dy.sum(0, dtype=work_dtype(dy)).to(dy.dtype) if needs_db else None
         return dx, dV, dU, db

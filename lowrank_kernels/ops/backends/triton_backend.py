@@ -40,7 +40,6 @@ def _language_interpreted() -> bool | None:
     return isinstance(standard.zeros, InterpretedFunction)
 
 
-
 class TritonBackend(ChainBackend):
     """The fused Triton chain kernel, with its launch configuration measured per shape.
 

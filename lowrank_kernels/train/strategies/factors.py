@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...nn import LowRankConv2d, LowRankLinear
-
-LOWRANK_TYPES = (LowRankLinear, LowRankConv2d)
+from ...layers import LOWRANK_TYPES
+from ...nn import LowRankLinear
 
 
 def lowrank_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -22,10 +21,7 @@ def factor_parameters(model: nn.Module) -> set[nn.Parameter]:
     """The factor weights (``V``, ``U``; ``conv_v.weight``, ``conv_u.weight``), not biases."""
     params: set[nn.Parameter] = set()
     for module in lowrank_modules(model).values():
-        if isinstance(module, LowRankLinear):
-            params.update((module.V, module.U))
-        else:
-            params.update((module.conv_v.weight, module.conv_u.weight))
+        params.update(module.factors())
     return params
 
 

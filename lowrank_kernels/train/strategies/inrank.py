@@ -8,64 +8,10 @@ import torch
 from torch import nn
 
 from ... import convert, rank
-from ...nn import LowRankConv2d, LowRankLinear
 from ...ops import check_int
 from ..context import StrategyContext
 from .base import Strategy
 from .factors import lowrank_modules
-
-
-@torch.no_grad()
-def _grow(module: nn.Module, new_rank: int) -> nn.Module:
-    """A copy of a low-rank layer with ``new_rank >= rank``: same function, new directions.
-
-    The new columns of V are drawn from the layer's default init and the new rows of U
-    are zero, so the product is unchanged while both get gradients (dU ≠ 0 at once).
-    """
-    r = module.rank
-    if isinstance(module, LowRankLinear):
-        new = LowRankLinear(
-            module.in_features,
-            module.out_features,
-            new_rank,
-            bias=module.bias is not None,
-            device=module.V.device,
-            dtype=module.V.dtype,
-            recompute_intermediate=module.recompute_intermediate,
-        )
-        new.V[:, :r] = module.V
-        new.U[:r] = module.U
-        new.U[r:] = 0
-        if module.bias is not None:
-            new.bias.copy_(module.bias)
-        return new
-    weight = module.conv_v.weight
-    new = LowRankConv2d(
-        module.in_channels,
-        module.out_channels,
-        module.kernel_size,
-        new_rank,
-        stride=module.stride,
-        padding=module.padding,
-        dilation=module.dilation,
-        bias=module.bias is not None,
-        padding_mode=module.padding_mode,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    new.conv_v.weight[:r] = weight
-    new.conv_u.weight[:, :r] = module.conv_u.weight
-    new.conv_u.weight[:, r:] = 0
-    if module.bias is not None:
-        new.conv_u.bias.copy_(module.bias)
-    return new
-
-
-def _truncate(module: nn.Module, new_rank: int) -> nn.Module:
-    """Best rank-``new_rank`` approximation of a low-rank layer's product (truncated SVD)."""
-    if isinstance(module, LowRankLinear):
-        return LowRankLinear.from_linear(module.to_linear(), new_rank)
-    return LowRankConv2d.from_conv2d(module.to_conv2d(), new_rank)
 
 
 class InRank(Strategy):
@@ -165,7 +111,7 @@ class InRank(Strategy):
         if done >= self.growth_steps:
             for fqn, r in self.current.items():
                 if modules[fqn].rank > r:
-                    model.set_submodule(fqn, _truncate(modules[fqn], r))
+                    model.set_submodule(fqn, modules[fqn].with_rank(r))
             self.switch_step = done
             self.rank_history.append((done, dict(self.current)))
             return True
@@ -188,7 +134,7 @@ class InRank(Strategy):
             self.current[fqn] = k
             capacity = min(k + self.buffer, full)
             if capacity > module.rank:
-                model.set_submodule(fqn, _grow(module, capacity))
+                model.set_submodule(fqn, module.with_rank(capacity))
                 changed = True
         self.rank_history.append((done, dict(self.current)))
         return changed
