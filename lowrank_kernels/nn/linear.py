@@ -22,6 +22,22 @@ def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tens
     return A[:, :rank] * sqrt_s, sqrt_s[:, None] * Bh[:rank]
 
 
+def dense_linear(
+    weight: torch.Tensor, bias: torch.Tensor | None, *, like: torch.Tensor
+) -> nn.Linear:
+    """An ``nn.Linear`` holding ``weight [out, in]`` and ``bias [out]`` (copied, detached),
+    in ``like``'s dtype and device: how every low-rank layer turns back into a dense one."""
+    out_features, in_features = weight.shape
+    linear = nn.Linear(
+        in_features, out_features, bias=bias is not None, device=like.device, dtype=like.dtype
+    )
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias.detach())
+    return linear
+
+
 class LowRankLinear(nn.Module):
     """``y = x·V·U + bias``, the factorized form of ``nn.Linear(in_features, out_features)``.
 
@@ -164,19 +180,7 @@ class LowRankLinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """The dense ``nn.Linear`` with weight ``(V·U)ᵀ``, multiplied in fp32 (fp64 for fp64)."""
-        weight = self.V.detach()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight_matrix())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias.detach())
-        return linear
+        return dense_linear(self.weight_matrix(), self.bias, like=self.V)
 
     def extra_repr(self) -> str:
         return (

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import check_int, check_rank, lowrank_linear, work_dtype
+from .linear import dense_linear
 
 
 class LoRALinear(nn.Module):
@@ -142,19 +143,7 @@ class LoRALinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """The dense ``nn.Linear`` with weight ``W + s·(A·B)ᵀ`` (summed in fp32)."""
-        weight = self.weight.detach()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=weight.device,
-            dtype=weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight_matrix())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias.detach())
-        return linear
+        return dense_linear(self.weight_matrix(), self.bias, like=self.weight)
 
     def extra_repr(self) -> str:
         return (
