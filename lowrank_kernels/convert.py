@@ -281,9 +281,11 @@ def factorize(
                     dense[fqn] = f"measured speedup {t.speedup:.2f}x < min_speedup {min_speedup}"
                     del chosen[fqn]
 
-    records = _records(model)
-    for fqn, (_, why) in skipped.items():
-        records[fqn] = {"reason": why, "dense_s": None, "lowrank_s": None}
+    # Build every low-rank layer first, then replace: a layer that cannot be factorized
+    # (NaN/inf weights, an SVD that fails) raises before the model is touched.
+    new_records = {fqn: {"reason": why, "dense_s": None, "lowrank_s": None}
+                   for fqn, (_, why) in skipped.items()}  # fmt: skip
+    built: dict[str, nn.Module] = {}
     for fqn, module in candidates.items():
         t = timings.get(fqn)
         rec = {"reason": dense.get(fqn), "dense_s": None, "lowrank_s": None}
@@ -291,9 +293,17 @@ def factorize(
             rec.update(dense_s=t.dense_s, lowrank_s=t.lowrank_s)
         elif example_input is not None and fqn in chosen:
             rec["reason"] = "not profiled: example_input did not reach this layer"
-        records[fqn] = rec
+        new_records[fqn] = rec
         if fqn in chosen:
-            replace_child(parent_of(model, fqn), fqn, factorized(module, chosen[fqn]))
+            try:
+                built[fqn] = factorized(module, chosen[fqn])
+            except ValueError as exc:
+                raise ValueError(
+                    f"factorize: layer {fqn!r}: {exc}; the model was left unchanged"
+                ) from exc
+    _records(model).update(new_records)
+    for fqn, new in built.items():
+        replace_child(parent_of(model, fqn), fqn, new)
     return {fqn: chosen[fqn] for fqn in candidates if fqn in chosen}
 
 

@@ -420,3 +420,33 @@ def test_summary_counts_and_prints():
     text = str(s)
     assert "body.0" in text and "dense" in text and "1/5 layers low-rank" in text
     assert isinstance(convert.ModelSummary, type)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_factorize_is_atomic_and_names_the_layer_it_cannot_factorize(bad):
+    """A non-finite weight in the third layer: a clear error naming it, and the model
+    exactly as before (no layer replaced, no record written)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[3].weight[1, 2] = bad
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer '3': .*NaN/inf.*left unchanged"):
+        lrk.factorize(model, 2)
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear, nn.Linear]
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, equal_nan=True)
+    assert "_lowrank_records" not in model.__dict__
+
+
+def test_from_linear_and_from_conv2d_refuse_non_finite_weights():
+    linear = nn.Linear(6, 5)
+    conv = nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        linear.weight[0, 0] = float("nan")
+        conv.weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"from_linear: linear\.weight holds 1 NaN/inf"):
+        lrk.LowRankLinear.from_linear(linear, 2)
+    with pytest.raises(ValueError, match=r"from_conv2d: conv\.weight holds 1 NaN/inf"):
+        lrk.LowRankConv2d.from_conv2d(conv, 2)

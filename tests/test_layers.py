@@ -90,3 +90,11 @@ def test_lora_layer_shares_the_interface():
     expected = dense.weight.detach() + lora.scale * (A.detach() @ B.detach()).t()
     torch.testing.assert_close(lora.weight_matrix(), expected)
     torch.testing.assert_close(lora.to_dense().weight, expected)
+
+
+def test_constructor_arguments_that_used_to_pass_silently():
+    with pytest.raises(ValueError, match="scale must be a finite float > 0, got nan"):
+        lrk.LoRALinear(4, 4, 2, scale=float("nan"))
+    for kernel in [(3, 3, 3), (3,)]:
+        with pytest.raises(ValueError, match=r"kernel_size must be an int or a \(kh, kw\) pair"):
+            lrk.LowRankConv2d(3, 4, kernel, 2)

@@ -79,6 +79,10 @@ class LowRankConv2d(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels", owner="LowRankConv2d")
         self.out_channels = check_int(out_channels, "out_channels", owner="LowRankConv2d")
         kernel = _pair(kernel_size)
+        if len(kernel) != 2:  # _pair passes a tuple of any length through unchanged
+            raise ValueError(
+                f"LowRankConv2d: kernel_size must be an int or a (kh, kw) pair, got {kernel_size!r}"
+            )
         for k in kernel:
             check_int(k, "kernel_size", owner="LowRankConv2d")
         self.kernel_size: tuple[int, int] = (int(kernel[0]), int(kernel[1]))
@@ -166,7 +170,9 @@ class LowRankConv2d(nn.Module):
             **cls.conv_options(conv),
         )
         # W [out, patch] ≈ A_r·√S · √S·B_rᵀ: the left factor is the 1×1 conv, the right the k×k.
-        left, right = truncated_svd_factors(weight.reshape(conv.out_channels, -1), rank)
+        left, right = truncated_svd_factors(
+            weight.reshape(conv.out_channels, -1), rank, name="from_conv2d: conv.weight"
+        )
         with torch.no_grad():
             module.conv_u.weight.copy_(left.reshape(conv.out_channels, rank, 1, 1))
             module.conv_v.weight.copy_(right.reshape(rank, conv.in_channels, *kernel))

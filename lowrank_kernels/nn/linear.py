@@ -11,13 +11,26 @@ from torch import nn
 from ..ops import check_int, check_rank, lowrank_linear, work_dtype
 
 
-def truncated_svd_factors(weight_t: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def truncated_svd_factors(
+    weight_t: torch.Tensor, rank: int, *, name: str = "weight"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` factors of a ``[K, N]`` matrix, split as ``V = A_r·√S``, ``U = √S·B_rᵀ``.
 
     The SVD runs in fp32 (fp64 for fp64 input) on the matrix's device; the factors
     come back in that precision, ``V [K, rank]`` and ``U [rank, N]``.
+
+    Raises:
+        ValueError: the matrix holds NaN or inf (its SVD is undefined: the factors would
+            be NaN), or the SVD did not converge; the message starts with ``name``.
     """
-    A, S, Bh = torch.linalg.svd(weight_t.to(work_dtype(weight_t)), full_matrices=False)
+    matrix = weight_t.detach().to(work_dtype(weight_t))
+    if not torch.isfinite(matrix).all():
+        bad = int((~torch.isfinite(matrix)).sum())
+        raise ValueError(f"{name} holds {bad} NaN/inf values: it cannot be factorized")
+    try:
+        A, S, Bh = torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError as exc:
+        raise ValueError(f"{name}: the SVD did not converge ({exc})") from exc
     sqrt_s = S[:rank].sqrt()
     return A[:, :rank] * sqrt_s, sqrt_s[:, None] * Bh[:rank]
 
@@ -121,7 +134,7 @@ class LowRankLinear(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
         )
-        V, U = truncated_svd_factors(weight.t(), rank)
+        V, U = truncated_svd_factors(weight.t(), rank, name="from_linear: linear.weight")
         with torch.no_grad():
             module.V.copy_(V)
             module.U.copy_(U)

@@ -48,8 +48,13 @@ class LoRALinear(nn.Module):
         super().__init__()
         check_int(in_features, "in_features", owner="LoRALinear")
         check_int(out_features, "out_features", owner="LoRALinear")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ValueError(f"LoRALinear: scale must be a positive float, got {scale!r}")
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
+            raise ValueError(f"LoRALinear: scale must be a finite float > 0, got {scale!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.rank = check_rank(rank, in_features, out_features)
