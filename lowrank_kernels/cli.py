@@ -104,7 +104,25 @@ def _parse_value(text: str) -> object:
     return text
 
 
-def _strategy_kwargs(args: argparse.Namespace) -> dict[str, object]:
+#: ``train``'s options that set a TrainConfig field: ``{argparse dest: field}``.
+_CONFIG_OPTIONS = {
+    "model": "model",
+    "method": "method",
+    "steps": "steps",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_steps",
+    "eval_every": "eval_every",
+    "seed": "seed",
+    "device": "device",
+    "dist_timeout": "dist_timeout_s",
+}
+
+
+def _strategy_kwargs(args: argparse.Namespace, method: str) -> dict[str, object]:
+    """``--opt KEY=VALUE`` entries and ``--rank`` (under ``method``'s argument name)."""
     kwargs: dict[str, object] = {}
     for item in args.opt or []:
         key, sep, value = item.partition("=")
@@ -112,10 +130,10 @@ def _strategy_kwargs(args: argparse.Namespace) -> dict[str, object]:
             raise ValueError(f"--opt expects KEY=VALUE, got {item!r}")
         kwargs[key.strip()] = _parse_value(value)
     if args.rank is not None:
-        rank_arg = {"fixed": "rank", "relora": "rank", "inrank": "init_rank"}.get(args.method)
+        rank_arg = {"fixed": "rank", "relora": "rank", "inrank": "init_rank"}.get(method)
         if rank_arg is None:
             raise ValueError(
-                f"--rank is not used by --method {args.method} "
+                f"--rank is not used by --method {method} "
                 "(full trains dense; cuttlefish chooses its ranks from the stable ranks)"
             )
         kwargs[rank_arg] = _parse_value(args.rank)
@@ -150,10 +168,10 @@ def _print_report(report: dict) -> None:
 def _train(args: argparse.Namespace) -> int:
     from lowrank_kernels.train import TrainConfig, Trainer, write_report
     from lowrank_kernels.train.checkpoint import check_writable
-    from lowrank_kernels.train.trainer import is_main_process
+    from lowrank_kernels.train.trainer import is_main_process, load_checkpoint
 
     log = None if args.quiet else print
-    if args.device.startswith("cuda"):
+    if args.device is not None and args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
@@ -163,28 +181,26 @@ def _train(args: argparse.Namespace) -> int:
             check_writable(path, what)  # before training, not after it
     if args.save_every is not None and not args.save:
         raise ValueError("--save-every needs --save PATH")
+    # Only the options given on the command line: TrainConfig holds the defaults, and a
+    # resumed run checks the given ones against its checkpoint instead of ignoring them.
+    given = {
+        field: getattr(args, dest)
+        for dest, field in _CONFIG_OPTIONS.items()
+        if getattr(args, dest) is not None
+    }
     if args.resume:
-        trainer = Trainer.from_checkpoint(args.resume, progress=not args.no_progress, log=log)
+        ckpt = load_checkpoint(args.resume)
+        if args.opt or args.rank is not None:
+            method = args.method or ckpt["config"]["method"]
+            given["strategy_kwargs"] = _strategy_kwargs(args, method)
+        trainer = Trainer.from_checkpoint(ckpt, progress=not args.no_progress, log=log, **given)
     else:
-        steps, epochs = args.steps, args.epochs
-        if steps is None and epochs is None:
-            steps, epochs = (300, None) if args.model == "gpt" else (None, 20)
-        config = TrainConfig(
-            model=args.model,
-            method=args.method,
-            steps=steps,
-            epochs=epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            eval_every=args.eval_every,
-            seed=args.seed,
-            device=args.device,
-            dist_timeout_s=args.dist_timeout,
-            strategy_kwargs=_strategy_kwargs(args),
-        )
-        trainer = Trainer(config, progress=not args.no_progress, log=log)
+        if args.steps is None and args.epochs is None:
+            given["steps"], given["epochs"] = (
+                (300, None) if args.model in (None, "gpt") else (None, 20)
+            )
+        given["strategy_kwargs"] = _strategy_kwargs(args, args.method or "full")
+        trainer = Trainer(TrainConfig(**given), progress=not args.no_progress, log=log)
     trainer.fit(checkpoint=args.save, save_every=args.save_every)
     report = trainer.report()
     status = 128 + signal.Signals[trainer.interrupted] if trainer.interrupted else 0
@@ -280,9 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the char-level GPT (pydoc text) or the digits CNN with one "
         "method and print (and optionally write) a JSON report.",
     )
-    train.add_argument("--model", choices=("gpt", "cnn"), default="gpt")
+    train.add_argument("--model", choices=("gpt", "cnn"), help="the task (default gpt)")
     train.add_argument(
-        "--method", choices=("full", "fixed", "cuttlefish", "relora", "inrank"), default="full"
+        "--method",
+        choices=("full", "fixed", "cuttlefish", "relora", "inrank"),
+        help="how to train (default full)",
     )
     train.add_argument(
         "--rank",
@@ -300,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_int_at_least(1), help="per-step batch (default: the task's)"
     )
     train.add_argument(
-        "--lr", type=_finite_float(positive=True), default=3e-3, help="peak learning rate"
+        "--lr", type=_finite_float(positive=True), help="peak learning rate (default 3e-3)"
     )
-    train.add_argument("--weight-decay", type=_finite_float(positive=False), default=0.01)
-    train.add_argument("--warmup-steps", type=_int_at_least(0), default=20)
+    train.add_argument("--weight-decay", type=_finite_float(positive=False), help="default 0.01")
+    train.add_argument("--warmup-steps", type=_int_at_least(0), help="default 20")
     train.add_argument(
         "--eval-every", type=_int_at_least(1), help="steps between validation passes"
     )
@@ -313,12 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="strategy option, repeatable (e.g. --opt cycle=50 --opt track_every=10)",
     )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument("--device", help="auto (CUDA if available; the default), cpu, cuda")
     train.add_argument(
         "--dist-timeout",
         type=_finite_float(positive=True),
-        default=300.0,
         help="torchrun: seconds to wait for a peer before failing (default 300)",
     )
     train.add_argument("--report", help="write the JSON report here (rank 0 only)")
@@ -332,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(1),
         help="steps between checkpoints (default: a tenth of the run, at least 100)",
     )
-    train.add_argument("--resume", help="continue from a checkpoint (ignores the run options)")
+    train.add_argument(
+        "--resume",
+        help="continue from a checkpoint; --eval-every, --device and --dist-timeout may "
+        "change, any other run option given must match the checkpoint's",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--quiet", action="store_true", help="no log lines")
     train.set_defaults(func=_train)

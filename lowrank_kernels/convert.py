@@ -331,6 +331,37 @@ def merge(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_state_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``RuntimeError`` listing missing and unexpected keys and shape mismatches.
+
+    ``load_state_dict`` finds the same misfits only after copying every tensor that fits,
+    which would leave a half-loaded model behind.
+    """
+    expected = model.state_dict(keep_vars=True)
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    for key, current in expected.items():
+        saved = state_dict.get(key)
+        is_tensors = isinstance(saved, torch.Tensor) and isinstance(current, torch.Tensor)
+        if is_tensors and saved.shape != current.shape:
+            problems.append(
+                f"{key} has shape {tuple(saved.shape)}, the model needs {tuple(current.shape)}"
+            )
+    if problems:
+        raise RuntimeError("; ".join(problems))
+
+
+def _meta_tensors(model: nn.Module) -> list[str]:
+    """Names of ``model``'s parameters and buffers on the meta device."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t is not None and t.is_meta]
+
+
 def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a factorized model's ``state_dict`` into a freshly built dense ``model``.
 
@@ -338,6 +369,10 @@ def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Modu
     Linear and Conv1D, ``<fqn>.conv_v.weight``/``<fqn>.conv_u.weight`` for Conv2d) is
     replaced by a low-rank layer of the rank read from the factor shapes; then the
     state_dict is loaded with ``strict=True``. Returns ``model``.
+
+    A model built on the meta device (``with torch.device("meta"): model = ...``) takes
+    the state_dict's tensors themselves (``assign=True``), so the restored model lives where
+    they do; every meta tensor must then be in ``state_dict``.
 
     Raises:
         RuntimeError: the state_dict does not fit the model (missing/unexpected keys,
@@ -382,7 +417,19 @@ def restore(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Modu
             name = fqn.rsplit(".", 1)[-1]
             replaced.append((parent, name, module))
             parent._modules[name] = new
-        model.load_state_dict(state_dict, strict=True)
+        # A model built on the meta device (no memory) takes the state's tensors as they are;
+        # a copy into a meta tensor would be a no-op and leave the model empty.
+        on_meta = _meta_tensors(model)
+        if on_meta:
+            uncovered = [n for n in on_meta if n not in state_dict]
+            if uncovered:
+                raise ValueError(
+                    f"restore: the model is on the meta device and state_dict does not hold "
+                    f"{uncovered} (e.g. non-persistent buffers); materialize the model first "
+                    "(model.to_empty(device=...) and re-initialize them)"
+                )
+        _check_state_fits(model, state_dict)  # before any copy: a misfit changes nothing
+        model.load_state_dict(state_dict, strict=True, assign=bool(on_meta))
     except (RuntimeError, ValueError, TypeError) as err:
         for parent, name, old in reversed(replaced):
             parent._modules[name] = old

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .nn import LoRALinear, LowRankConv2d, LowRankLinear
+
 T = TypeVar("T")
 
 __all__ = [
@@ -184,8 +186,6 @@ def fully_shard_lowrank(model: nn.Module, **fully_shard_kwargs: Any) -> nn.Modul
         ``model`` (sharded in place; its parameters are now ``DTensor`` shards).
     """
     from torch.distributed.fsdp import fully_shard
-
-    from .nn import LoRALinear, LowRankConv2d, LowRankLinear
 
     units = [
         m

@@ -14,21 +14,24 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .nn import LowRankConv2d, LowRankLinear, truncated_svd_factors
 
 #: ``filter_fn(module, fqn) -> bool`` (torchao convention): the layers surgery may convert.
 FilterFn = Callable[[nn.Module, str], bool]
 
-#: The low-rank layer types (their inner convs are parts of them, not model layers).
-LOWRANK_TYPES = (LowRankLinear, LowRankConv2d)
-
-#: The one registry of dense layer types and the low-rank type that replaces each (a
-#: transformers ``Conv1D`` becomes a ``LowRankLinear`` too; see ``factorized``).
+#: The one registry of dense layer types and the low-rank type that replaces each. A
+#: transformers ``Conv1D`` becomes a ``LowRankLinear`` too, but it is matched by
+#: ``is_conv1d`` rather than listed here: its class exists only once transformers is imported.
 LOWRANK_FOR_DENSE: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: LowRankLinear,
     nn.Conv2d: LowRankConv2d,
 }
+
+#: The low-rank layer types, for ``isinstance`` (their inner convs are parts of them, not
+#: model layers). Derived from the registry so a new pair is declared in one place.
+LOWRANK_TYPES: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(LOWRANK_FOR_DENSE.values()))
 
 #: Set on a LowRankLinear made from a transformers Conv1D, so ``merge`` rebuilds a Conv1D.
 ORIGIN = "_lowrank_origin"
@@ -120,24 +123,34 @@ def is_lowrank_leaf(module: nn.Module) -> bool:
 
 
 def dense_kind(module: nn.Module) -> str | None:
-    """``"Linear"``, ``"Conv2d"`` or ``"Conv1D"`` for a factorizable dense layer, else None."""
-    if isinstance(module, nn.Linear):
-        return "Linear"
-    if isinstance(module, nn.Conv2d):
-        return "Conv2d"
-    if is_conv1d(module):
-        return "Conv1D"
+    """``"Linear"``, ``"Conv2d"`` or ``"Conv1D"`` for a factorizable dense layer, else None
+    (the name of its registered dense type, or Conv1D)."""
+    dense = dense_type(module)
+    if dense is not None:
+        return dense.__name__
+    return "Conv1D" if is_conv1d(module) else None
+
+
+def dense_type(module: nn.Module) -> type[nn.Module] | None:
+    """The registered dense type ``module`` is an instance of (``nn.Linear`` / ``nn.Conv2d``,
+    also for subclasses), else None (a ``Conv1D`` is not registered: see ``LOWRANK_FOR_DENSE``)."""
+    for cls in LOWRANK_FOR_DENSE:
+        if isinstance(module, cls):
+            return cls
     return None
 
 
-def walk_layers(model: nn.Module):
-    """Yield ``(fqn, module, parent)`` once per module object, not descending into low-rank
-    layers, plus the map ``id(module) -> [every path]`` for shared-module detection."""
+def walk_layers(
+    model: nn.Module,
+) -> tuple[list[tuple[str, nn.Module, nn.Module | None]], dict[int, list[str]]]:
+    """``(walk, paths)``: ``walk`` lists ``(fqn, module, parent)`` once per module object in
+    model order, not descending into low-rank layers (``parent`` is None for the model);
+    ``paths`` maps ``id(module)`` to every path it sits at, to detect shared modules."""
     paths: dict[int, list[str]] = {}
     for fqn, module in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(module), []).append(fqn)
     seen: set[int] = set()
-    out = []
+    out: list[tuple[str, nn.Module, nn.Module | None]] = []
 
     def visit(module: nn.Module, prefix: str, parent: nn.Module | None) -> None:
         if id(module) in seen:
@@ -163,6 +176,20 @@ def param_owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
+def module_hooks(module: nn.Module) -> list[str]:
+    """The kinds of hooks registered on ``module`` itself (forward, forward pre-, backward,
+    backward pre- and state_dict hooks): behaviour a replacement module would not inherit."""
+    kinds = {
+        "forward hooks": module._forward_hooks,
+        "forward pre-hooks": module._forward_pre_hooks,
+        "backward hooks": module._backward_hooks,
+        "backward pre-hooks": module._backward_pre_hooks,
+        "state_dict hooks": module._state_dict_hooks,
+        "load_state_dict pre-hooks": module._load_state_dict_pre_hooks,
+    }
+    return [name for name, hooks in kinds.items() if hooks]
+
+
 def scan_layers(
     model: nn.Module, filter_fn: FilterFn | None
 ) -> tuple[dict[str, nn.Module], dict[str, tuple[nn.Module, str]]]:
@@ -181,7 +208,7 @@ def scan_layers(
         if kind is None:
             continue
         reason = None
-        base = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}.get(kind)
+        base = dense_type(module)
         weight = getattr(module, "weight", None)
         if fqn == "":
             reason = "the model itself is the layer (cannot be replaced in place)"
@@ -189,6 +216,16 @@ def scan_layers(
             reason = "lazy layer not initialised yet"
         elif base is not None and type(module).forward is not base.forward:
             reason = f"{type(module).__name__} overrides {base.__name__}.forward"
+        elif parametrize.is_parametrized(module):
+            reason = (
+                f"parametrized {sorted(module.parametrizations)} (e.g. weight_norm); "
+                "a low-rank layer would drop the parametrization"
+            )
+        elif module_hooks(module):
+            reason = (
+                f"has {', '.join(module_hooks(module))} (e.g. the old weight_norm); "
+                "a low-rank layer would drop them"
+            )
         elif kind == "Conv2d" and module.groups != 1:
             reason = f"grouped conv (groups={module.groups})"
         elif isinstance(parent, nn.MultiheadAttention):
@@ -213,9 +250,11 @@ def candidate_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> dic
     That is every ``nn.Linear``, ``nn.Conv2d`` with ``groups == 1`` and ``transformers``
     ``Conv1D`` that passes ``filter_fn(module, fqn)`` (torchao convention), except:
     layers already low-rank (and the convs inside a ``LowRankConv2d``), subclasses that
-    override ``forward``, lazy layers, the projections of ``nn.MultiheadAttention`` (it
-    reads their weights directly), modules reachable under several names, layers whose
-    weight is tied to another module's (e.g. GPT-2's ``lm_head``), and the model itself.
+    override ``forward``, layers with a parametrization (``weight_norm``, ``spectral_norm``)
+    or hooks of their own (a replacement would drop them), lazy layers, the projections
+    of ``nn.MultiheadAttention`` (it reads their weights directly), modules reachable
+    under several names, layers whose weight is tied to another module's (e.g. GPT-2's
+    ``lm_head``), and the model itself.
     ``summary`` lists the layers left out with the reason.
     """
     return scan_layers(model, filter_fn)[0]
@@ -280,11 +319,9 @@ def lowrank_like(module: nn.Module, rank: int) -> nn.Module:
 def factorized(module: nn.Module, rank: int) -> nn.Module:
     """The low-rank layer for a dense ``module`` at ``rank`` (truncated SVD, √S split),
     with the dense layer's trainability and train/eval mode."""
-    kind = dense_kind(module)
-    if kind in ("Linear", "Conv2d"):
-        new = LOWRANK_FOR_DENSE[{"Linear": nn.Linear, "Conv2d": nn.Conv2d}[kind]].from_dense(
-            module, rank
-        )
+    dense = dense_type(module)
+    if dense is not None:
+        new = LOWRANK_FOR_DENSE[dense].from_dense(module, rank)
     else:  # Conv1D: weight [in, out] and y = x·W + b, i.e. already LowRankLinear's [K, N]
         new = lowrank_like(module, rank)
         V, U = truncated_svd_factors(module.weight.detach(), rank)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import check_layer_rank, dense_kind, layer_dims, lowrank_like
+from .layers import check_layer_rank, dense_kind, lowrank_like
 from .ops import check_int
 from .ops.timing import median_ms
 
@@ -121,7 +121,6 @@ def profile_layers(
                 f"profile_layers: layer {fqn!r} must be an nn.Linear, nn.Conv2d or transformers "
                 f"Conv1D, got {type(module).__name__}"
             )
-        layer_dims(module)
         check_layer_rank(r, fqn, module, "profile_layers")
         targets[fqn] = module
 

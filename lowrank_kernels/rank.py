@@ -22,7 +22,7 @@ from .layers import (
     full_rank,
     module_weight_matrix,
 )
-from .ops import work_dtype
+from .ops import check_int, work_dtype
 
 __all__ = [
     "ConvergenceDetector",
@@ -205,8 +205,7 @@ def round_rank(rank: int | float, multiple: int = 8, full_rank: int | None = Non
     """
     if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not math.isfinite(rank):
         raise TypeError(f"rank must be a finite number, got {rank!r}")
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple (rank_multiple) must be a positive int, got {multiple!r}")
+    check_int(multiple, "multiple (rank_multiple)")
     if full_rank is not None and (
         isinstance(full_rank, bool) or not isinstance(full_rank, int) or full_rank < 1
     ):
@@ -252,8 +251,7 @@ class ConvergenceDetector:
 
     def __init__(self, span: int = 15, window: int = 11, tol: float = 0.1, warmup: int = 0):
         for name, value, low in (("span", span, 1), ("window", window, 1), ("warmup", warmup, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+            check_int(value, name, minimum=low)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise ValueError(f"tol must be a non-negative number, got {tol!r}")
         self.span = span
@@ -330,7 +328,7 @@ class StableRankTracker:
     """Tracks the stable rank of a model's factorizable layers over training.
 
     On construction it records ``ξ_l = full_rank_l / srank(W_0,l)`` for every candidate
-    layer (``lowrank_kernels.convert.candidate_layers(model, filter_fn)`` plus layers that
+    layer (``lowrank_kernels.layers.candidate_layers(model, filter_fn)`` plus layers that
     are already low-rank). ``update()`` (call once per epoch) appends the current stable
     ranks to ``history``; ``scaled_ranks()`` turns the latest ones into Cuttlefish's
     scaled stable ranks ``ceil(srank(W_t)·ξ)``. Layers are looked up by name at every
@@ -344,7 +342,6 @@ class StableRankTracker:
     def __init__(
         self, model: nn.Module, filter_fn: Callable[[nn.Module, str], bool] | None = None
     ) -> None:
-
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -63,3 +64,50 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(content, tmp_path):
     )
     debug = _cli("--debug", "train", "--resume", str(path), "--quiet", "--no-progress")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.fixture(scope="module")
+def fixed_rank4_checkpoint(tmp_path_factory):
+    """A 2-step ``fixed`` run at rank 4 on the digits CNN, saved by the CLI."""
+    path = tmp_path_factory.mktemp("resume") / "ck.pt"
+    proc = _cli(
+        "train", "--model", "cnn", "--method", "fixed", "--rank", "4", "--steps", "2",
+        "--save", str(path), "--quiet", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return path
+
+
+RESUME_REFUSED = [
+    (["--method", "relora"], "method='relora' differs from the checkpoint's method='fixed'"),
+    (["--model", "gpt"], "model='gpt' differs"),
+    (["--lr", "0.01"], "lr=0.01 differs from the checkpoint's lr=0.003"),
+    (["--steps", "5"], "steps=5 differs from the checkpoint's steps=2"),
+    (["--seed", "1"], "seed=1 differs"),
+    (["--rank", "8"], "strategy_kwargs rank=8 differs"),
+    (["--opt", "rank=8"], "strategy_kwargs rank=8 differs"),
+]
+
+
+@pytest.mark.parametrize(
+    "args,expected", RESUME_REFUSED, ids=[" ".join(c[0]) for c in RESUME_REFUSED]
+)
+def test_resume_refuses_options_that_change_the_run(args, expected, fixed_rank4_checkpoint):
+    proc = _cli("train", "--resume", str(fixed_rank4_checkpoint), *args, "--quiet", "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "only eval_every, device, dist_timeout_s may change" in lines[0]
+
+
+def test_resume_accepts_matching_options_and_applies_safe_ones(fixed_rank4_checkpoint, tmp_path):
+    report = tmp_path / "r.json"
+    proc = _cli(
+        "train", "--resume", str(fixed_rank4_checkpoint), "--method", "fixed", "--rank", "4",
+        "--lr", "0.003", "--eval-every", "1", "--device", "cpu", "--report", str(report),
+        "--quiet", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(report.read_text())["config"]
+    assert config["eval_every"] == 1 and config["device"] == "cpu"  # applied
+    assert config["strategy_kwargs"] == {"rank": 4} and config["steps"] == 2  # kept

@@ -401,6 +401,83 @@ def test_restore_into_wrong_architecture_fails_and_leaves_model_intact():
         lrk.restore(fewer, [1, 2])
 
 
+def test_restore_into_a_model_half_fitting_the_state_leaves_every_weight_untouched():
+    mlp = make_mlp()
+    lrk.factorize(mlp, 4)
+    state = dict(mlp.state_dict())
+    last = max(k for k in state if k.endswith("bias"))
+    state[last] = torch.zeros(state[last].numel() + 1)  # the last layer no longer fits
+    fresh = make_mlp()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(RuntimeError, match=f"{last} has shape"):
+        lrk.restore(fresh, state)
+    after = fresh.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_restore_into_a_meta_model_materializes_it():
+    torch.manual_seed(0)
+    model = SmallCNN()
+    lrk.factorize(model, {"stem": 5, "body.0": 7, "head": 9})
+    state = _roundtrip(model.state_dict())
+    with torch.device("meta"):
+        skeleton = SmallCNN()
+    lrk.restore(skeleton, state)
+    tensors = [*skeleton.parameters(), *skeleton.buffers()]
+    assert not any(t.is_meta for t in tensors)
+    assert all(p.requires_grad for p in skeleton.parameters())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(skeleton(x), model(x))
+
+
+def test_restore_into_a_meta_model_names_tensors_the_state_lacks():
+    class WithCache(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.register_buffer("cache", torch.zeros(3), persistent=False)
+
+    source = WithCache()
+    lrk.factorize(source, {"fc": 2})
+    with torch.device("meta"):
+        skeleton = WithCache()
+    with pytest.raises(ValueError, match=r"meta device.*\['cache'\]"):
+        lrk.restore(skeleton, source.state_dict())
+    assert type(skeleton.fc) is nn.Linear  # left as it was
+
+
+@pytest.mark.parametrize(
+    "wrap,why",
+    [
+        (nn.utils.parametrizations.weight_norm, "parametrized"),
+        (nn.utils.parametrizations.spectral_norm, "parametrized"),
+        (lambda m: (m.register_forward_hook(lambda *a: None), m)[1], "forward hooks"),
+    ],
+    ids=["weight_norm", "spectral_norm", "forward_hook"],
+)
+def test_layers_whose_behaviour_a_replacement_would_drop_stay_dense(wrap, why):
+    torch.manual_seed(0)
+    model = nn.Sequential(wrap(nn.Linear(16, 16)), nn.ReLU(), nn.Linear(16, 8))
+    x = torch.randn(4, 16)
+    expected = model(x)
+    lrk.factorize(model, 1.0, rank_multiple=1, skip_unprofitable=False)  # full rank: same math
+    assert type(model[2]) is lrk.LowRankLinear
+    assert not isinstance(model[0], lrk.LowRankLinear)
+    assert why in {r.fqn: r.reason for r in lrk.summary(model)}["0"]
+    torch.testing.assert_close(model(x), expected)
+    with pytest.raises(ValueError, match=f"layer '0'.*cannot be factorized.*{why}"):
+        lrk.factorize(model, {"0": 4})
+
+
+def test_old_style_weight_norm_hook_is_not_dropped():
+    with pytest.warns(FutureWarning):
+        layer = nn.utils.weight_norm(nn.Linear(16, 16))
+    model = nn.Sequential(layer, nn.Linear(16, 8))
+    lrk.factorize(model, 1.0, rank_multiple=1, skip_unprofitable=False)
+    assert model[0] is layer and "forward pre-hooks" in lrk.summary(model)[0].reason
+
+
 # --- summary ---------------------------------------------------------------------------------
 
 

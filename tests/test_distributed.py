@@ -107,8 +107,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(script: str, out_dir: str, nproc: int = 2) -> None:
-    """Run ``script`` under torchrun; kill the whole process group on timeout."""
+def _torchrun(script: str, out_dir: str, nproc: int = 2, *, expect_rc: int | None = 0) -> str:
+    """Run ``script`` under torchrun and return its output; kill the whole process group on
+    timeout. ``expect_rc=None`` accepts any non-zero exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     env.pop("WORLD_SIZE", None)
     env.pop("RANK", None)
@@ -140,7 +141,11 @@ def _torchrun(script: str, out_dir: str, nproc: int = 2) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, f"torchrun failed (rc {proc.returncode}):\n{out[-6000:]}"
+    if expect_rc is None:
+        assert proc.returncode != 0, f"torchrun should have failed:\n{out[-6000:]}"
+    else:
+        assert proc.returncode == expect_rc, f"torchrun rc {proc.returncode}:\n{out[-6000:]}"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +346,35 @@ def test_the_collective_timeout_reaches_the_process_group(monkeypatch):
     )
     D.init_from_env(torch.device("cpu"), timeout_s=42.0)
     assert seen == {"b": "gloo", "t": datetime.timedelta(seconds=42.0)}
+
+
+STUCK_PEER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from lowrank_kernels.cli import main
+    from lowrank_kernels.train import Trainer
+
+    if os.environ["RANK"] == "1":  # a peer that stops answering mid-run (SIGSTOP, not a crash)
+        step = Trainer.train_step
+        def stop_at_step_3(self):
+            if self.step == 3:
+                os.kill(os.getpid(), signal.SIGSTOP)
+            return step(self)
+        Trainer.train_step = stop_at_step_3
+    sys.exit(main([
+        "train", "--model", "cnn", "--method", "full", "--steps", "100000", "--device", "cpu",
+        "--dist-timeout", "5", "--quiet", "--no-progress",
+    ]))
+    """
+)
+
+
+def test_a_stopped_peer_fails_the_run_after_the_dist_timeout(tmp_path):
+    """A real SIGSTOP on rank 1: rank 0 must give up after ``--dist-timeout`` seconds with a
+    one-line error instead of hanging (torchrun then stops the stopped worker)."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_PEER)
+    out = _torchrun(str(script), str(tmp_path), expect_rc=None)
+    errors = [line for line in out.splitlines() if "lowrank-kernels train: error:" in line]
+    assert errors, out[-4000:]
+    assert "no answer from a peer process within dist_timeout_s=5 s at step 3" in errors[0]

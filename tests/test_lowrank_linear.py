@@ -97,3 +97,22 @@ def test_state_dict_round_trip_and_deepcopy():
 
 def test_extra_repr():
     assert "rank=4" in repr(lrk.LowRankLinear(9, 11, 4))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["plain", "cpu_autocast"])
+def test_meta_device_forward_and_backward_behave_like_nn_linear(autocast):
+    """Shape inference on the meta device (no memory), also inside a CPU autocast region
+    (which, as for nn.Linear, does not touch meta tensors)."""
+    with torch.device("meta"):
+        layer = lrk.LowRankLinear(16, 8, 4)
+        conv = lrk.LowRankConv2d(3, 8, 3, 2, padding=1)
+        dense = nn.Linear(16, 8)
+    x = torch.empty(5, 2, 16, device="meta", requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y, y_dense = layer(x), dense(x)
+        image = conv(torch.empty(1, 3, 6, 6, device="meta"))
+    assert y.is_meta and y.shape == y_dense.shape == (5, 2, 8) and y.dtype == y_dense.dtype
+    assert image.is_meta and image.shape == (1, 8, 6, 6)
+    y.sum().backward()
+    assert x.grad.is_meta and x.grad.shape == x.shape
+    assert layer.V.grad.shape == layer.V.shape and layer.U.grad.shape == layer.U.shape

@@ -18,21 +18,16 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..ops import check_int, work_dtype
-from .linear import truncated_svd_factors
+from ..ops import check_int, check_rank, work_dtype
+from .linear import carry_trainability, truncated_svd_factors
 
 
 def _conv_rank(rank: object, in_channels: int, out_channels: int, kernel: tuple[int, int]) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"rank must be an int, got {type(rank).__name__} ({rank!r})")
+    """``rank`` after checking ``1 <= rank <= min(out_channels, in_channels·kh·kw)``, the rank
+    bound of the conv's ``[out, in·kh·kw]`` weight matrix, with the error in conv terms."""
     patch = in_channels * kernel[0] * kernel[1]
-    full = min(out_channels, patch)
-    if not 1 <= rank <= full:
-        raise ValueError(
-            f"rank must be between 1 and min(out_channels, in_channels·kh·kw) = "
-            f"min({out_channels}, {patch}) = {full}, got {rank}"
-        )
-    return rank
+    names = (f"out_channels={out_channels}", f"in_channels·kh·kw={patch}")
+    return check_rank(rank, patch, out_channels, names=names)
 
 
 class LowRankConv2d(nn.Module):
@@ -169,20 +164,26 @@ class LowRankConv2d(nn.Module):
             dtype=weight.dtype,
             **cls.conv_options(conv),
         )
-        # W [out, patch] ≈ A_r·√S · √S·B_rᵀ: the left factor is the 1×1 conv, the right the k×k.
-        left, right = truncated_svd_factors(
-            weight.reshape(conv.out_channels, -1), rank, name="from_conv2d: conv.weight"
+        module._fit(
+            weight.reshape(conv.out_channels, -1), conv.bias, name="from_conv2d: conv.weight"
         )
-        with torch.no_grad():
-            module.conv_u.weight.copy_(left.reshape(conv.out_channels, rank, 1, 1))
-            module.conv_v.weight.copy_(right.reshape(rank, conv.in_channels, *kernel))
-            if conv.bias is not None:
-                module.conv_u.bias.copy_(conv.bias.detach())
         module.conv_v.weight.requires_grad_(conv.weight.requires_grad)
         module.conv_u.weight.requires_grad_(conv.weight.requires_grad)
         if conv.bias is not None:
             module.conv_u.bias.requires_grad_(conv.bias.requires_grad)
         return module
+
+    @torch.no_grad()
+    def _fit(self, weight: torch.Tensor, bias: torch.Tensor | None, *, name: str) -> None:
+        """Set the factors to the best rank-``self.rank`` fit of ``weight [out, in·kh·kw]``
+        (truncated SVD, √S split) and copy ``bias [out]``; the one way a factorization is
+        computed."""
+        # W ≈ A_r·√S · √S·B_rᵀ: the left factor is the 1×1 conv, the right one the k×k conv.
+        left, right = truncated_svd_factors(weight, self.rank, name=name)
+        self.conv_u.weight.copy_(left.reshape(self.out_channels, self.rank, 1, 1))
+        self.conv_v.weight.copy_(right.reshape(self.rank, self.in_channels, *self.kernel_size))
+        if bias is not None:
+            self.conv_u.bias.copy_(bias.detach())
 
     def weight_matrix(self) -> torch.Tensor:
         """The product ``U_c·V_c`` as ``[out, in·kh·kw]``, in fp32 (fp64 for fp64), detached."""
@@ -217,14 +218,15 @@ class LowRankConv2d(nn.Module):
 
     @torch.no_grad()
     def with_rank(self, rank: int) -> LowRankConv2d:
-        """A new layer with the same shape, options, dtype and device at ``rank``.
+        """A new layer with the same shape, options, bias, dtype and device at ``rank``.
 
-        Growing keeps the function exactly (current factors kept, new k×k filters from the
-        default init, new 1×1 weights zero); shrinking gives the best rank-``rank``
-        approximation of the current product (truncated SVD).
+        Growing (``rank >= self.rank``) keeps the function exactly: the current factors
+        are kept, the new k×k filters of ``conv_v [rank, in, kh, kw]`` come from the default
+        init and the new 1×1 weights of ``conv_u [out, rank, 1, 1]`` are zero. Shrinking
+        gives the best rank-``rank`` approximation of the current product (truncated SVD of
+        the fp32 product). Trainability and train/eval mode carry over.
         """
-        if rank < self.rank:
-            return type(self).from_conv2d(self.to_conv2d(), rank)
+        rank = _conv_rank(rank, self.in_channels, self.out_channels, self.kernel_size)
         weight = self.conv_v.weight
         new = type(self)(
             self.in_channels,
@@ -236,11 +238,15 @@ class LowRankConv2d(nn.Module):
             dtype=weight.dtype,
             **self.conv_options(self),
         )
-        new.conv_v.weight[: self.rank] = weight
-        new.conv_u.weight[:, : self.rank] = self.conv_u.weight
-        new.conv_u.weight[:, self.rank :] = 0
-        if self.bias is not None:
-            new.conv_u.bias.copy_(self.bias)
+        if rank < self.rank:
+            new._fit(self.weight_matrix(), self.bias, name="with_rank: the product U_c·V_c")
+        else:
+            new.conv_v.weight[: self.rank] = weight
+            new.conv_u.weight[:, : self.rank] = self.conv_u.weight
+            new.conv_u.weight[:, self.rank :] = 0
+            if self.bias is not None:
+                new.conv_u.bias.copy_(self.bias)
+        carry_trainability(self, new)
         return new
 
     def to_conv2d(self) -> nn.Conv2d:

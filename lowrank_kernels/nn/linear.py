@@ -51,6 +51,17 @@ def dense_linear(
     return linear
 
 
+def carry_trainability(old: nn.Module, new: nn.Module) -> None:
+    """Give ``new``'s parameters the ``requires_grad`` of ``old``'s parameters of the same
+    name, and ``new`` the train/eval mode of ``old``: a layer rebuilt at another rank must
+    not silently unfreeze frozen factors or switch modes."""
+    old_params = dict(old.named_parameters())
+    for pname, p in new.named_parameters():
+        if pname in old_params:
+            p.requires_grad_(old_params[pname].requires_grad)
+    new.train(old.training)
+
+
 class LowRankLinear(nn.Module):
     """``y = x·V·U + bias``, the factorized form of ``nn.Linear(in_features, out_features)``.
 
@@ -134,13 +145,18 @@ class LowRankLinear(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
         )
-        V, U = truncated_svd_factors(weight.t(), rank, name="from_linear: linear.weight")
-        with torch.no_grad():
-            module.V.copy_(V)
-            module.U.copy_(U)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias.detach())
+        module._fit(weight, linear.bias, name="from_linear: linear.weight")
         return module
+
+    @torch.no_grad()
+    def _fit(self, weight: torch.Tensor, bias: torch.Tensor | None, *, name: str) -> None:
+        """Set ``V``, ``U`` to the best rank-``self.rank`` fit of ``weight [out, in]`` (truncated
+        SVD, √S split) and copy ``bias [out]``; the one way a factorization is computed."""
+        V, U = truncated_svd_factors(weight.t(), self.rank, name=name)
+        self.V.copy_(V)
+        self.U.copy_(U)
+        if bias is not None:
+            self.bias.copy_(bias.detach())
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, rank: int) -> LowRankLinear:
@@ -163,18 +179,15 @@ class LowRankLinear(nn.Module):
 
     @torch.no_grad()
     def with_rank(self, rank: int) -> LowRankLinear:
-        """A new layer of the same shape, dtype, device and options at ``rank``.
+        """A new layer of the same shape, dtype, device, bias and options at ``rank``.
 
         Growing (``rank >= self.rank``) keeps the function exactly: the current factors
-        are kept, the new columns of V come from the default init and the new rows of U
-        are zero, so both start receiving gradients. Shrinking gives the best rank-``rank``
-        approximation of the current product (truncated SVD, √S split).
+        are kept, the new columns of ``V [in, rank]`` come from the default init and the new
+        rows of ``U [rank, out]`` are zero, so both start receiving gradients. Shrinking
+        gives the best rank-``rank`` approximation of the current product (truncated SVD of
+        the fp32 product, √S split). Trainability and train/eval mode carry over.
         """
         rank = check_rank(rank, self.in_features, self.out_features)
-        if rank < self.rank:
-            new = type(self).from_linear(self.to_linear(), rank)
-            new.recompute_intermediate = self.recompute_intermediate
-            return new
         new = type(self)(
             self.in_features,
             self.out_features,
@@ -184,11 +197,15 @@ class LowRankLinear(nn.Module):
             dtype=self.V.dtype,
             recompute_intermediate=self.recompute_intermediate,
         )
-        new.V[:, : self.rank] = self.V
-        new.U[: self.rank] = self.U
-        new.U[self.rank :] = 0
-        if self.bias is not None:
-            new.bias.copy_(self.bias)
+        if rank < self.rank:
+            new._fit(self.weight_matrix(), self.bias, name="with_rank: the product V·U")
+        else:
+            new.V[:, : self.rank] = self.V
+            new.U[: self.rank] = self.U
+            new.U[self.rank :] = 0
+            if self.bias is not None:
+                new.bias.copy_(self.bias)
+        carry_trainability(self, new)
         return new
 
     def to_linear(self) -> nn.Linear:

@@ -143,9 +143,14 @@ def _autocast_inputs(
     x: torch.Tensor, V: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Cast like ``nn.Linear`` under ``torch.autocast``: every operand to the autocast dtype."""
-    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+    if not isinstance(x, torch.Tensor):
         return x, V, U, bias
     device_type = x.device.type
+    # meta (and other devices without autocast) never autocast, like nn.Linear there
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(
+        device_type
+    ):
+        return x, V, U, bias
     dtype = torch.get_autocast_dtype(device_type)
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -96,14 +96,34 @@ def check_int(value: object, name: str, *, minimum: int = 1, owner: str = "") ->
     return value
 
 
-def check_rank(rank: object, in_features: int, out_features: int, *, arg: str = "rank") -> int:
-    """Return ``rank`` as an int after checking ``1 <= rank <= min(in_features, out_features)``."""
+def check_rank(
+    rank: object,
+    in_features: int,
+    out_features: int,
+    *,
+    arg: str = "rank",
+    names: tuple[str, str] = ("in_features", "out_features"),
+) -> int:
+    """Return ``rank`` as an int after checking ``1 <= rank <= min(in_features, out_features)``.
+
+    Args:
+        rank: the rank to check.
+        in_features, out_features: the two sizes of the ``[out, in]`` matrix the rank
+            factorizes (any order: only their minimum matters).
+        arg: what the error calls ``rank``.
+        names: what the error calls the two sizes; a conv says
+            ``("out_channels=8", "in_channels·kh·kw=27")`` so the bound reads in its terms.
+
+    Raises:
+        TypeError: ``rank`` is not an int (bools are refused too).
+        ValueError: ``rank`` is outside ``[1, min(in_features, out_features)]``.
+    """
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise TypeError(f"{arg} must be an int, got {type(rank).__name__} ({rank!r})")
     full = min(in_features, out_features)
     if not 1 <= rank <= full:
         raise ValueError(
-            f"{arg} must be between 1 and min(in_features, out_features) = {full}, got {rank}"
+            f"{arg} must be between 1 and min({names[0]}, {names[1]}) = {full}, got {rank}"
         )
     return rank
 

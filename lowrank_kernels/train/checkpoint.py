@@ -4,9 +4,11 @@
   ``fsync``s it and renames it over the target: a reader (or a crash, a kill, a full
   disk) sees the previous file or the new one, never a torn mix. A full disk says so
   and leaves the previous file untouched.
-* :func:`tensor_digest` is a SHA-256 over every tensor of a state (names, dtypes, shapes
-  and bytes); checkpoints store it and :func:`verify_digest` refuses a file whose
-  tensors no longer match (flipped bytes load silently through ``torch.load``).
+* :func:`state_digest` is a SHA-256 over a whole checkpoint (every tensor's name, dtype,
+  shape and bytes; every other value's repr); checkpoints store it and
+  :func:`verify_digest` refuses a file whose contents no longer match (flipped bytes
+  load silently through ``torch.load``; an edited config or method would resume a
+  different run than the one saved).
 * :func:`check_writable` checks an output path before a run starts, so a bad ``--save``
   or ``--report`` fails in a second, not after training.
 """
@@ -98,9 +100,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def tensor_digest(state: Mapping[str, Any]) -> str:
-    """SHA-256 over every tensor reachable in ``state`` (nested dicts and lists), in a
-    fixed order, with its path, dtype and shape: equal iff the tensors are equal bitwise."""
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 over everything in ``state`` (nested dicts, lists and tuples), in a fixed
+    order: each tensor with its path, dtype, shape and bytes, each other value with its
+    path, type and ``repr``. Equal iff the states are equal (tensors bitwise)."""
     h = hashlib.sha256()
 
     def visit(prefix: str, value: Any) -> None:
@@ -109,22 +112,26 @@ def tensor_digest(state: Mapping[str, Any]) -> str:
             h.update(f"{prefix}|{t.dtype}|{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(value, Mapping):
-            for key in sorted(value, key=str):
-                visit(f"{prefix}/{key}", value[key])
+            h.update(f"{prefix}|dict|{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                visit(f"{prefix}/{key!r}", value[key])
         elif isinstance(value, list | tuple):
+            h.update(f"{prefix}|{type(value).__name__}|{len(value)}".encode())
             for i, item in enumerate(value):
                 visit(f"{prefix}[{i}]", item)
+        else:  # None, bool, int, float (repr is exact), str, ...
+            h.update(f"{prefix}|{type(value).__name__}|{value!r}".encode())
 
     visit("", state)
     return h.hexdigest()
 
 
 def verify_digest(state: Mapping[str, Any], expected: str | None, path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` if ``state``'s tensors do not hash to ``expected``."""
+    """Raise ``ValueError`` unless ``state`` hashes to ``expected`` (:func:`state_digest`)."""
     if expected is None:
-        raise ValueError(f"{path}: the checkpoint stores no digest of its tensors")
-    if tensor_digest(state) != expected:
+        raise ValueError(f"{path}: the checkpoint stores no digest of its contents")
+    if state_digest(state) != expected:
         raise ValueError(
-            f"{path}: the checkpoint's tensors do not match the digest stored with them "
+            f"{path}: the checkpoint's contents do not match the digest stored with them "
             "(the file was modified or corrupted after it was written)"
         )

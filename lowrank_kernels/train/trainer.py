@@ -39,12 +39,12 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..ops import dispatch_decisions, get_backend, resolve_backend
-from .checkpoint import atomic_torch_save, tensor_digest, verify_digest
+from .checkpoint import atomic_torch_save, state_digest, verify_digest
 from .context import FilterFn, ProcessGroupDecisions, carry_optimizer_state
 from .data import Task, make_task
 from .strategies import Strategy, make_strategy
 
-CHECKPOINT_VERSION = 2  # 2: a SHA-256 digest of the tensors is stored and verified
+CHECKPOINT_VERSION = 3  # 3: a SHA-256 digest of the whole checkpoint is stored and verified
 
 REPORT_KEYS = (
     "method",
@@ -379,6 +379,14 @@ class Trainer(ProcessGroupDecisions):
                     self.save(checkpoint)
             if checkpoint is not None and self.step > 0:
                 self.save(checkpoint)
+        except RuntimeError as exc:
+            if self.world_size > 1 and "timed out" in str(exc).lower():
+                raise RuntimeError(
+                    f"no answer from a peer process within dist_timeout_s="
+                    f"{self.config.dist_timeout_s:g} s at step {self.step} (is one stopped, "
+                    f"hung or dead?): {str(exc).strip().splitlines()[0]}"
+                ) from exc
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -477,15 +485,13 @@ class Trainer(ProcessGroupDecisions):
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
-        return {
+        state = {
             "version": CHECKPOINT_VERSION,
-            "digest": tensor_digest({"model": model, "optimizer": optimizer}),
             "config": self.config.to_dict(),
             "step": self.step,
             "strategy": self.strategy.state_dict(),
-            "model": model,
-            "optimizer": optimizer,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "losses": list(self.losses),
             "evals": list(self.evals),
@@ -493,6 +499,7 @@ class Trainer(ProcessGroupDecisions):
             "phase_time": dict(self.phase_time),
             "phase_items": dict(self.phase_items),
         }
+        return {**state, "digest": state_digest(state)}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint to ``path`` atomically (a temporary file renamed over it, so
@@ -506,32 +513,38 @@ class Trainer(ProcessGroupDecisions):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, progress: bool = True, log=print, **overrides: Any
+        cls,
+        checkpoint: str | os.PathLike | dict[str, Any],
+        *,
+        progress: bool = True,
+        log=print,
+        **overrides: Any,
     ) -> Trainer:
         """Rebuild a trainer from :meth:`save`'s file and continue where it stopped.
 
-        ``overrides`` replace config fields that do not change the run's math
-        (e.g. ``eval_every``); the device must match for bit-exact continuation.
+        Args:
+            checkpoint: the file, or what :func:`load_checkpoint` read from it.
+            progress, log: as for the constructor.
+            overrides: config fields to set. Those in :data:`RESUME_SAFE_FIELDS` do not
+                change the run's math and are applied; any other must equal the saved
+                value (for ``task_kwargs``/``strategy_kwargs``: every given entry), so a
+                resumed run is always the run that was saved. The device must match for
+                bit-exact continuation.
+
+        Raises:
+            FileNotFoundError, ValueError: see :func:`load_checkpoint`.
+            ValueError: an override would change the run, or the saved strategy state
+                belongs to another method.
+            TypeError: an override names no config field.
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"from_checkpoint: {path} does not exist or is not a file")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        config = resumed_config(ckpt["config"], overrides)
+        saved_method = ckpt["strategy"].get("method")
+        if saved_method != config.method:  # before the config builds the wrong strategy
             raise ValueError(
-                f"from_checkpoint: {path} is not a readable lowrank-kernels checkpoint "
-                f"(torch.load: {type(exc).__name__}: {first_line})"
-            ) from exc
-        if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-            found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise ValueError(
-                f"from_checkpoint: {path} has checkpoint version {found!r}, "
-                f"expected {CHECKPOINT_VERSION}"
+                f"from_checkpoint: the strategy state was saved by method {saved_method!r}, "
+                f"not {config.method!r} as the checkpoint's config says"
             )
-        verify_digest({"model": ckpt["model"], "optimizer": ckpt["optimizer"]},
-                      ckpt.get("digest"), path)  # fmt: skip
-        config = TrainConfig.from_dict({**ckpt["config"], **overrides})
         trainer = cls(config, progress=progress, log=log)
         trainer.strategy.load_state_dict(ckpt["strategy"])
         trainer.strategy.restore_model(trainer, ckpt["model"])
@@ -548,6 +561,80 @@ class Trainer(ProcessGroupDecisions):
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         return trainer
+
+
+#: Config fields a resumed run may change: where it runs and how often it evaluates,
+#: never what it computes.
+RESUME_SAFE_FIELDS = ("eval_every", "device", "dist_timeout_s")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :meth:`Trainer.save`, verified against its digest.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not a checkpoint, has another version, or its contents do
+            not match the digest stored with them (corrupted or edited).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"from_checkpoint: {path} does not exist or is not a file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        first_line = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise ValueError(
+            f"from_checkpoint: {path} is not a readable lowrank-kernels checkpoint "
+            f"(torch.load: {type(exc).__name__}: {first_line})"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        found = ckpt.get("version") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"from_checkpoint: {path} has checkpoint version {found!r}, "
+            f"expected {CHECKPOINT_VERSION}"
+        )
+    verify_digest({k: v for k, v in ckpt.items() if k != "digest"}, ckpt.get("digest"), path)
+    return ckpt
+
+
+def resumed_config(saved: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The config of a resumed run: ``saved`` (:meth:`TrainConfig.to_dict`) with the
+    ``overrides`` of :data:`RESUME_SAFE_FIELDS` applied; see :meth:`Trainer.from_checkpoint`.
+
+    Raises:
+        TypeError: an override names no config field.
+        ValueError: an override of another field differs from the saved value.
+    """
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    data = dict(saved)
+    for key, value in overrides.items():
+        if key not in names:
+            raise TypeError(f"from_checkpoint: {key!r} is not a TrainConfig field ({names})")
+        if key in RESUME_SAFE_FIELDS:
+            data[key] = value
+            continue
+        current = saved.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            differs = {k: v for k, v in value.items() if k not in current or current[k] != v}
+            if differs:
+                given = ", ".join(f"{k}={v!r}" for k, v in differs.items())
+                raise ValueError(
+                    f"from_checkpoint: {key} {given} differs from the checkpoint's {key} "
+                    f"{current!r}; {_RESUME_RULE}"
+                )
+            continue
+        same = list(value) == list(current) if key == "betas" else value == current
+        if not same:
+            raise ValueError(
+                f"from_checkpoint: {key}={value!r} differs from the checkpoint's "
+                f"{key}={current!r}; {_RESUME_RULE}"
+            )
+    return TrainConfig.from_dict(data)
+
+
+_RESUME_RULE = (
+    "a resumed run keeps the config it was saved with "
+    f"(only {', '.join(RESUME_SAFE_FIELDS)} may change)"
+)
 
 
 def train(config: TrainConfig, *, progress: bool = True, log=print) -> dict[str, Any]:

@@ -55,11 +55,18 @@ class Strategy:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The strategy's progress (plain Python values) for a checkpoint."""
-        return {"switch_step": self.switch_step}
+        """The strategy's progress (plain Python values) for a checkpoint, with its name."""
+        return {"method": self.name, "switch_step": self.switch_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; called before :meth:`restore_model`."""
+        """Restore :meth:`state_dict`; called before :meth:`restore_model`.
+
+        Raises:
+            ValueError: ``state`` was saved by another strategy.
+        """
+        saved = state.get("method")
+        if saved != self.name:
+            raise ValueError(f"the strategy state was saved by method {saved!r}, not {self.name!r}")
         self.switch_step = state["switch_step"]
 
     def restore_model(self, ctx: StrategyContext, model_state: dict[str, torch.Tensor]) -> None:
