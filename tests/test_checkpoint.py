@@ -155,6 +155,30 @@ def test_a_signal_saves_the_checkpoint_and_marks_the_report(signum, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_sigkill_at_any_moment_leaves_the_last_checkpoint_whole(tmp_path):
+    """SIGKILL cannot be handled: what survives is the last checkpoint, which must load
+    and resume however the kill fell (a checkpoint is written after every step here, so
+    the kill is likely to land inside a write)."""
+    ck = tmp_path / "ck.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lowrank_kernels", "train", "--model", "cnn", "--method",
+         "full", "--epochs", "500", "--save", str(ck), "--save-every", "1", "--quiet",
+         "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ck.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ck.exists(), proc.communicate()
+    time.sleep(1.0)  # a few more saves
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = Trainer.from_checkpoint(ck, progress=False, log=None)
+    assert resumed.step >= 1
+    resumed.fit(until=resumed.step + 1)  # and it trains on
+
+
 def test_resume_overrides_that_change_the_run_are_refused(tmp_path):
     trainer = _tiny_trainer(steps=4).fit(until=1)  # evaluates every 4 steps
     path = tmp_path / "ck.pt"

@@ -35,6 +35,9 @@ CASES = [
     (["train", "--batch-size", "two"], "--batch-size: expected an int"),
     (["train", "--method", "full", "--rank", "4"], "--rank is not used by --method full"),
     (["train", "--opt", "novalue"], "--opt expects KEY=VALUE"),
+    (["train", "--method", "cuttlefish", "--opt", "track_every=0"], "track_every must be"),
+    # refused before training, not at the switch minutes later
+    (["train", "--method", "cuttlefish", "--opt", "min_speedup=-1"], "min_speedup must be"),
     (["train", "--resume", "does-not-exist.pt"], "does not exist"),
     (["nonsense"], "invalid choice"),
 ]
