@@ -59,6 +59,7 @@ REPORT_KEYS = (
     "tokens_per_s",
     "final_train_loss",
     "final_val_loss",
+    "rank_history",
 )
 
 
@@ -472,7 +473,8 @@ class Trainer(ProcessGroupDecisions):
             "interrupted": self.interrupted,
             "world_size": self.world_size,
             "evals": list(self.evals),
-            "strategy": self.strategy.report(),
+            "rank_history": [dict(entry) for entry in self.strategy.rank_history],
+            "strategy": {"preset": self.strategy.preset, **self.strategy.report()},
             "config": self.config.to_dict(),
         }
 

@@ -55,14 +55,30 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def make_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Build strategy ``name`` (one of :data:`STRATEGIES`) with its keyword arguments."""
+def make_strategy(name: str, *, preset: str = "default", **kwargs: Any) -> Strategy:
+    """Build strategy ``name`` (one of :data:`STRATEGIES`).
+
+    Args:
+        name: the method.
+        preset: a key of the class's ``PRESETS``: ``"default"`` (this package's choices)
+            or, where the method has one, ``"reference"`` (behave as the method's reference
+            implementation does; see docs/training.md). Its options are applied first.
+        kwargs: constructor options; each one overrides the preset's value.
+    """
     if name not in STRATEGIES:
         raise ValueError(f"make_strategy: method must be one of {sorted(STRATEGIES)}, got {name!r}")
+    cls = STRATEGIES[name]
+    if preset not in cls.PRESETS:
+        raise ValueError(
+            f"make_strategy: preset for method {name!r} must be one of {sorted(cls.PRESETS)}, "
+            f"got {preset!r}"
+        )
     try:
-        return STRATEGIES[name](**kwargs)
+        strategy = cls(**{**cls.PRESETS[preset], **kwargs})
     except TypeError as exc:
         raise TypeError(f"make_strategy: bad options for method {name!r}: {exc}") from exc
+    strategy.preset = preset
+    return strategy
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,8 +23,23 @@ class Strategy:
 
     name = "full"
 
+    #: Named sets of constructor options (see :func:`make_strategy`): ``"default"`` is this
+    #: package's choice; a method with a published reference implementation also has
+    #: ``"reference"``, the options that make it behave as that code does.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+
     def __init__(self) -> None:
         self.switch_step: int | None = None
+        #: The preset this strategy was built from (set by :func:`make_strategy`).
+        self.preset = "default"
+        #: ``[{"step": int, "ranks": {fqn: rank}, "event": str}]``: every change of the
+        #: low-rank layers' ranks (or, for ReLoRA, every restart), in step order.
+        self.rank_history: list[dict[str, Any]] = []
+
+    def record_ranks(self, step: int, ranks: dict[str, int], event: str) -> None:
+        """Append ``{"step", "ranks", "event"}`` to :attr:`rank_history` (``event`` says what
+        happened: ``"factorize"``, ``"switch"``, ``"grow"``, ``"freeze"``, ``"restart"``...)."""
+        self.rank_history.append({"step": int(step), "ranks": dict(ranks), "event": event})
 
     def setup(self, ctx: StrategyContext) -> None:
         """Prepare ``ctx.model`` before step 0 (called once, not on resume)."""
@@ -56,7 +71,12 @@ class Strategy:
 
     def state_dict(self) -> dict[str, Any]:
         """The strategy's progress (plain Python values) for a checkpoint, with its name."""
-        return {"method": self.name, "switch_step": self.switch_step}
+        return {
+            "method": self.name,
+            "preset": self.preset,
+            "switch_step": self.switch_step,
+            "rank_history": [dict(entry) for entry in self.rank_history],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; called before :meth:`restore_model`.
@@ -68,6 +88,8 @@ class Strategy:
         if saved != self.name:
             raise ValueError(f"the strategy state was saved by method {saved!r}, not {self.name!r}")
         self.switch_step = state["switch_step"]
+        self.preset = state["preset"]
+        self.rank_history = [dict(entry) for entry in state["rank_history"]]
 
     def restore_model(self, ctx: StrategyContext, model_state: dict[str, torch.Tensor]) -> None:
         """Rebuild the checkpoint's structure on the fresh dense ``ctx.model``, then load

@@ -119,6 +119,7 @@ class Cuttlefish(Strategy):
             return False
         self.switch_reason = reason
         self._switch(ctx, done)
+        self.record_ranks(done, self.ranks(ctx.model), "switch")
         return True
 
     def _switch(self, ctx: StrategyContext, done: int) -> None:

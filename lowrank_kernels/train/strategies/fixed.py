@@ -39,3 +39,4 @@ class Fixed(Strategy):
             skip_unprofitable=self.skip_unprofitable,
         )
         self.switch_step = 0
+        self.record_ranks(0, self.ranks(ctx.model), "factorize")

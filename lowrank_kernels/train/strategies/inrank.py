@@ -57,7 +57,6 @@ class InRank(Strategy):
         self.threshold = float(threshold)
         self.growth_steps = growth_steps
         self.current: dict[str, int] = {}
-        self.rank_history: list[tuple[int, dict[str, int]]] = []
 
     def setup(self, ctx: StrategyContext) -> None:
         if self.warmup is None:
@@ -83,7 +82,7 @@ class InRank(Strategy):
         self.current = {
             f: min(self.init_rank, m.rank) for f, m in lowrank_modules(ctx.model).items()
         }
-        self.rank_history.append((0, dict(self.current)))
+        self.record_ranks(0, self.current, "factorize")
 
     def spectra(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The ``rank + buffer`` singular values of every tracked layer's product ``V·U``.
@@ -113,11 +112,11 @@ class InRank(Strategy):
                 if modules[fqn].rank > r:
                     model.set_submodule(fqn, modules[fqn].with_rank(r))
             self.switch_step = done
-            self.rank_history.append((done, dict(self.current)))
+            self.record_ranks(done, self.current, "freeze")
             return True
         if done < self.warmup or (done - self.warmup) % self.gap:
             return False
-        changed = False
+        changed = grown = False
         # Rank 0 computes the spectra and the new ranks; every process applies them.
         picked = None
         if ctx.is_main_process():
@@ -132,18 +131,17 @@ class InRank(Strategy):
             if k <= self.current[fqn]:
                 continue
             self.current[fqn] = k
+            grown = True
             capacity = min(k + self.buffer, full)
             if capacity > module.rank:
                 model.set_submodule(fqn, module.with_rank(capacity))
                 changed = True
-        self.rank_history.append((done, dict(self.current)))
+        if grown:
+            self.record_ranks(done, self.current, "grow")
         return changed
 
     def ranks(self, model: nn.Module) -> dict[str, int]:
         return dict(self.current)
-
-    def report(self) -> dict[str, Any]:
-        return {"rank_history": [[step, ranks] for step, ranks in self.rank_history]}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -151,7 +149,6 @@ class InRank(Strategy):
             "warmup": self.warmup,
             "growth_steps": self.growth_steps,
             "current": dict(self.current),
-            "rank_history": [[step, dict(r)] for step, r in self.rank_history],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,4 +156,3 @@ class InRank(Strategy):
         self.warmup = state["warmup"]
         self.growth_steps = state["growth_steps"]
         self.current = dict(state["current"])
-        self.rank_history = [(step, dict(r)) for step, r in state["rank_history"]]

@@ -84,6 +84,7 @@ class ReLoRA(Strategy):
         if self.warm_start_steps == 0:
             self._wrap(ctx)
             self.switch_step = 0
+            self.record_ranks(0, self.ranks(ctx.model), "wrap")
 
     def lr_factor(self, step: int, ctx: StrategyContext) -> float:
         start = self.switch_step if self.switch_step is not None else self.warm_start_steps
@@ -102,11 +103,13 @@ class ReLoRA(Strategy):
             if done >= self.warm_start_steps:
                 self._wrap(ctx)
                 self.switch_step = done
+                self.record_ranks(done, self.ranks(ctx.model), "wrap")
                 return True
             return False
         if done > self.switch_step and (done - self.switch_step) % self.cycle == 0:
             self.restart(ctx)
             self.restarts.append(done)
+            self.record_ranks(done, self.ranks(ctx.model), "restart")
         return False
 
     @torch.no_grad()
