@@ -434,3 +434,22 @@ def test_carry_optimizer_state_keeps_surviving_state_and_adam_continues_from_it(
     expected = before - lr * (m4 / (1 - b1**4)) / ((v4 / (1 - b2**4)).sqrt() + eps)
     new.step()
     torch.testing.assert_close(survivor.detach().double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_inherit_optimizer_state_derives_the_state_of_a_replacing_parameter():
+    from lowrank_kernels.train.context import carry_optimizer_state, inherit_optimizer_state
+
+    old_p, kept = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(2))
+    old = torch.optim.AdamW([old_p, kept])
+    (old_p.sum() + kept.sum()).backward()
+    old.step()
+    new_p = nn.Parameter(old_p.detach()[:, :2].clone())
+    inherit_optimizer_state(
+        new_p, old_p, lambda st: {k: v[:, :2].clone() if v.dim() else v for k, v in st.items()}
+    )
+    new = torch.optim.AdamW([new_p, kept])
+    assert carry_optimizer_state(old, new) == 2
+    assert torch.equal(new.state[new_p]["exp_avg"], old.state[old_p]["exp_avg"][:, :2])
+    assert new.state[kept] is old.state[kept]
+    fresh = torch.optim.AdamW([new_p])
+    assert carry_optimizer_state(old, fresh) == 0  # the link is used once

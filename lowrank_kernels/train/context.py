@@ -192,7 +192,32 @@ def carry_optimizer_state(old: Any, new: torch.optim.Optimizer) -> int:
     kept = 0
     for group in new.param_groups:
         for p in group["params"]:
+            source = p.__dict__.pop(_STATE_SOURCE, None)
             if p in old.state:
                 new.state[p] = old.state[p]
                 kept += 1
+            elif source is not None and source[0] in old.state:
+                new.state[p] = source[1](old.state[source[0]])
+                kept += 1
     return kept
+
+
+# The attribute a parameter carries between :func:`inherit_optimizer_state` and the next
+# :func:`carry_optimizer_state` (on the parameter, so every host's rebuild honours it).
+_STATE_SOURCE = "_lowrank_optimizer_state_source"
+
+
+def inherit_optimizer_state(
+    new: torch.nn.Parameter,
+    old: torch.nn.Parameter,
+    derive: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """Make the next :func:`carry_optimizer_state` give ``new`` the state
+    ``derive(state of old)`` instead of an empty one.
+
+    For a strategy that replaces a parameter by a reshaped one and wants its moments to
+    follow (e.g. a factor truncated to fewer columns keeps the moments of those columns).
+    ``derive`` gets the old state dict (``{"step", "exp_avg", "exp_avg_sq", ...}``) and
+    returns the new one; it must not modify its argument in place.
+    """
+    new.__dict__[_STATE_SOURCE] = (old, derive)
