@@ -144,3 +144,16 @@ def test_exported_at_top_level():
     x = torch.randn(1, 3, 6, 6)
     low = lrk.LowRankConv2d(3, 4, 3, rank=2, stride=2, padding=1, dilation=1)
     assert low(x).shape == F.conv2d(x, torch.zeros(4, 3, 3, 3), stride=2, padding=1).shape
+
+
+def test_weight_is_the_dense_equivalent_kernel_and_read_only():
+    torch.manual_seed(0)
+    conv = LowRankConv2d(3, 4, (3, 2), 2, padding=1, dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    u = conv.conv_u.weight.detach().reshape(4, 2).numpy()
+    v = conv.conv_v.weight.detach().reshape(2, -1).numpy()
+    expected = torch.from_numpy(u @ v).reshape(4, 3, 3, 2)
+    torch.testing.assert_close(conv.weight, expected)
+    torch.testing.assert_close(F.conv2d(x, conv.weight, conv.bias, padding=1), conv(x))
+    with pytest.raises(AttributeError, match="read-only"):
+        conv.weight = nn.Parameter(expected)

@@ -193,3 +193,44 @@ def test_relora_restarts_inside_the_hf_trainer(tmp_path):
     for step, lr in enumerate(rec.lrs):
         expected = 5e-3 * jagged_cosine(step, steps, 2, 0.1, start=0, cycle=4, restart_warmup=2)
         assert math.isclose(lr, expected, rel_tol=1e-9), (step, lr, expected)
+
+
+def _vision(cls_name: str, config_name: str):
+    config = getattr(transformers, config_name)(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=8,
+    )  # fmt: skip
+    model = getattr(transformers, cls_name)(config).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    return model, lambda: model(pixel_values=pixels).last_hidden_state
+
+
+def _t5():
+    config = transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    return model, lambda: model(input_ids=ids, decoder_input_ids=ids).logits
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        _t5,
+        lambda: _vision("ViTModel", "ViTConfig"),
+        lambda: _vision("CLIPVisionModel", "CLIPVisionConfig"),
+        lambda: _vision("SiglipVisionModel", "SiglipVisionConfig"),
+    ],
+    ids=["t5", "vit", "clip_vision", "siglip_vision"],
+)
+def test_models_that_read_layer_weights_run_after_factorize(build):
+    """T5 and the vision towers read ``<layer>.weight.dtype`` in forward; at full rank the
+    factorized model must give the dense model's output."""
+    torch.manual_seed(0)
+    model, run = build()
+    expected = run()
+    ranks = lrk.factorize(model, 1.0, rank_multiple=1, skip_unprofitable=False)
+    assert ranks
+    torch.testing.assert_close(run(), expected, rtol=1e-4, atol=1e-4)

@@ -116,3 +116,23 @@ def test_meta_device_forward_and_backward_behave_like_nn_linear(autocast):
     y.sum().backward()
     assert x.grad.is_meta and x.grad.shape == x.shape
     assert layer.V.grad.shape == layer.V.shape and layer.U.grad.shape == layer.U.shape
+
+
+def test_weight_is_the_differentiable_dense_equivalent_and_read_only():
+    torch.manual_seed(0)
+    layer = lrk.LowRankLinear(6, 5, 2, dtype=torch.float64)
+    V, U = layer.V.detach().clone(), layer.U.detach().clone()
+    weight = layer.weight
+    assert weight.shape == (5, 6) and weight.dtype == torch.float64
+    torch.testing.assert_close(weight, (V @ U).T)
+    # code written for nn.Linear that computes with .weight gets the layer's gradients
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.nn.functional.linear(x, layer.weight, layer.bias).square().sum().backward()
+    grads = (layer.V.grad.clone(), layer.U.grad.clone())
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    torch.testing.assert_close(grads, (layer.V.grad, layer.U.grad))
+    for value in (torch.zeros(5, 6), nn.Parameter(torch.zeros(5, 6))):
+        with pytest.raises(AttributeError, match="read-only; set V and U"):
+            layer.weight = value
+    assert "weight" not in dict(layer.named_parameters())  # not a parameter, not saved

@@ -185,6 +185,33 @@ class LowRankConv2d(nn.Module):
         if bias is not None:
             self.conv_u.bias.copy_(bias.detach())
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense-equivalent kernel ``[out, in, kh, kw]``, as ``nn.Conv2d.weight``.
+
+        The product of the 1×1 and the k×k kernels, computed on every access in the
+        factors' dtype and device (``out·rank·in·kh·kw`` multiply-adds), differentiable
+        with respect to both; for code that reads ``conv.weight.dtype``/``.shape`` or
+        convolves with it. The layer's own forward never builds it. Read-only.
+        """
+        u = self.conv_u.weight.reshape(self.out_channels, self.rank)
+        v = self.conv_v.weight.reshape(self.rank, -1)
+        return (u @ v).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # nn.Module routes a Parameter to register_parameter before any property setter,
+        # which would fail with an unhelpful KeyError: give the setter's message instead.
+        if name == "weight":
+            type(self).weight.fset(self, value)
+        super().__setattr__(name, value)
+
+    @weight.setter
+    def weight(self, value: object) -> None:
+        raise AttributeError(
+            "LowRankConv2d.weight is the product of conv_u and conv_v, computed on access and "
+            "read-only; set conv_u.weight and conv_v.weight instead"
+        )
+
     def weight_matrix(self) -> torch.Tensor:
         """The product ``U_c·V_c`` as ``[out, in·kh·kw]``, in fp32 (fp64 for fp64), detached."""
         u = self.conv_u.weight.detach()

@@ -171,6 +171,34 @@ class LowRankLinear(nn.Module):
         """``(V [in, r], U [r, out])``: the layer's two factor weights."""
         return self.V, self.U
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense-equivalent weight ``(V·U)ᵀ`` ``[out, in]``, as ``nn.Linear.weight``.
+
+        For code written against ``nn.Linear`` (``layer.weight.dtype``, ``.device``,
+        ``.shape``, even ``F.linear(x, layer.weight)``): computed on every access in the
+        factors' dtype and device, at a cost of ``in·out·rank`` multiply-adds and
+        ``in·out`` elements of memory, and differentiable with respect to ``V`` and ``U``
+        (gradients through it are correct). The layer's own forward never builds it.
+        Read-only: assign ``V``/``U`` instead. For a detached fp32 copy use
+        :meth:`weight_matrix`.
+        """
+        return (self.V @ self.U).t()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # nn.Module routes a Parameter to register_parameter before any property setter,
+        # which would fail with an unhelpful KeyError: give the setter's message instead.
+        if name == "weight":
+            type(self).weight.fset(self, value)
+        super().__setattr__(name, value)
+
+    @weight.setter
+    def weight(self, value: object) -> None:
+        raise AttributeError(
+            "LowRankLinear.weight is the product (V·U)ᵀ, computed on access and read-only; "
+            "set V and U (e.g. from_linear or with_rank) instead"
+        )
+
     def weight_matrix(self) -> torch.Tensor:
         """The dense-equivalent weight ``(V·U)ᵀ`` as ``[out, in]``, detached, multiplied in
         fp32 (fp64 for fp64)."""
