@@ -13,7 +13,10 @@ built dense model with no side file.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +46,7 @@ from .profiler import profile_layers
 from .rank import StableRankTracker, round_rank, stable_ranks
 
 __all__ = [
+    "FactorizedRanks",
     "LayerSummary",
     "ModelSummary",
     "candidate_layers",
@@ -54,7 +58,7 @@ __all__ = [
     "summary",
 ]
 
-RankSpec = int | float | str | Mapping[str, int] | Callable[[str, nn.Module], "int | None"]
+RankSpec = int | float | str | Mapping[str, int] | Callable[[str, nn.Module], "int | float | None"]
 
 _RECORDS = "_lowrank_records"  # per-model {fqn: {...}}: reasons and measured times
 
@@ -132,20 +136,29 @@ def _resolve_ranks(
                 f'{src}: rank string must be "stable" or "scaled_stable", got {rank!r}'
             )
     elif isinstance(rank, Mapping):
-        for fqn, r in rank.items():
-            if fqn in skipped:
+        # Full names first, then short names ("q_proj": every layer whose name ends in
+        # ".q_proj"), so a full name overrides a short one whatever the mapping's order.
+        for key in sorted(rank, key=lambda k: k not in candidates and k not in skipped):
+            r = rank[key]
+            if key in skipped:
                 raise ValueError(
-                    f"{src}: layer {fqn!r} in the rank mapping cannot be factorized: "
-                    f"{skipped[fqn][1]}"
+                    f"{src}: layer {key!r} in the rank mapping cannot be factorized: "
+                    f"{skipped[key][1]}"
                 )
-            if fqn not in candidates:
+            if key in candidates:
+                chosen[key] = check_layer_rank(r, key, candidates[key], src)
+                continue
+            matches = [f for f in candidates if f.endswith(f".{key}")]
+            if not matches:
                 names = list(candidates)
                 shown = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
                 raise ValueError(
-                    f"{src}: rank mapping names {fqn!r}, which is not a factorizable layer of "
-                    f"the model; candidates are: {shown}"
+                    f"{src}: rank mapping names {key!r}, which is neither a factorizable layer "
+                    f"of the model nor the last part of one's name; candidates are: {shown}"
                 )
-            chosen[fqn] = check_layer_rank(r, fqn, candidates[fqn], src)
+            for fqn in matches:
+                if fqn not in rank:
+                    chosen[fqn] = check_layer_rank(r, fqn, candidates[fqn], src)
         for fqn in candidates:
             if fqn not in chosen:
                 dense[fqn] = "not in the rank mapping"
@@ -154,6 +167,13 @@ def _resolve_ranks(
             r = rank(fqn, m)
             if r is None:
                 dense[fqn] = "rank callable returned None"
+            elif isinstance(r, float):
+                if not (math.isfinite(r) and 0.0 < r <= 1.0):
+                    raise ValueError(
+                        f"{src}: rank callable returned {r} for layer {fqn!r}; a float is a "
+                        "ratio of the full rank in (0, 1]"
+                    )
+                chosen[fqn] = _derived(r * full_rank(m), m, min_rank, rank_multiple)
             else:
                 chosen[fqn] = check_layer_rank(r, fqn, m, f"{src}: rank callable")
     else:
@@ -191,15 +211,22 @@ def factorize(
     timer: Callable[[nn.Module, torch.Tensor, int], float] | None = None,
     profile_repeats: int = 10,
     profile_backward: bool = False,
-) -> dict[str, int]:
+    target_modules: str | Sequence[str] | None = None,
+) -> FactorizedRanks:
     """Replace the model's factorizable layers by low-rank ones, in place.
 
-    Each layer of ``candidate_layers(model, filter_fn)`` gets a rank from ``rank``:
+    Each layer of ``candidate_layers(model, filter_fn)`` that ``target_modules`` selects
+    (PEFT's convention: a list of names, each matching a layer's full name or its last
+    parts, e.g. ``["q_proj", "v_proj"]``; a string is a regular expression the full name
+    must match entirely; None: every candidate) gets a rank from ``rank``:
 
     - ``int``: that rank for every layer, as asked (not rounded).
     - ``float`` in ``(0, 1]``: ``ceil(ratio · full_rank)`` per layer (derived).
-    - ``{fqn: int}``: exactly those layers at exactly those ranks; others stay dense.
-    - callable ``(fqn, module) -> int | None``: as returned (None keeps the layer dense).
+    - ``{name: int}``: exactly those layers at exactly those ranks; others stay dense. A
+      name is a layer's full name or, like PEFT's ``rank_pattern``, a short name for
+      every layer whose name ends in it (``{"q_proj": 8}``); a full name wins.
+    - callable ``(fqn, module) -> int | float | None``: an int as returned, a float as a
+      ratio of the full rank (derived), None keeps the layer dense.
     - ``"stable"``: ``ceil(stable_rank(W))`` (derived).
     - ``"scaled_stable"``: ``ceil(srank(W_t)·ξ)`` from ``tracker`` (derived).
 
@@ -218,6 +245,9 @@ def factorize(
 
     Weights are copied by truncated SVD in fp32 with the √S split, keeping device, dtype
     and ``requires_grad``. Forward hooks registered on replaced layers are not carried over.
+
+    The model is changed in place; keep using it (the result is not the model). When no
+    layer is factorized a ``UserWarning`` says why.
 
     Returns:
         ``{fqn: rank}`` of the layers that were factorized, in model order.
@@ -244,6 +274,10 @@ def factorize(
                 "when the model runs on it)"
             )
     candidates, skipped = scan_layers(model, filter_fn)
+    if target_modules is not None:
+        targeted = _targeted(target_modules)
+        for fqn in [f for f in candidates if not targeted(f)]:
+            skipped[fqn] = (candidates.pop(fqn), "not in target_modules")
     chosen, dense = _resolve_ranks(
         rank,
         candidates,
@@ -304,7 +338,67 @@ def factorize(
     _records(model).update(new_records)
     for fqn, new in built.items():
         replace_child(parent_of(model, fqn), fqn, new)
-    return {fqn: chosen[fqn] for fqn in candidates if fqn in chosen}
+    result = FactorizedRanks((fqn, chosen[fqn]) for fqn in candidates if fqn in chosen)
+    if not result:
+        already = sum(isinstance(m, LOWRANK_TYPES) for m in model.modules())
+        message = _nothing_factorized(candidates, skipped, dense)
+        if already:
+            message += f"; {already} layers are already low-rank"
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return result
+
+
+class FactorizedRanks(dict):
+    """``{fqn: rank}`` returned by :func:`factorize`: a dict that explains itself when
+    mistaken for the model (``model = factorize(model, ...)``). Store ``dict(result)`` in
+    checkpoints meant for ``torch.load(weights_only=True)``."""
+
+    _HINT = (
+        "factorize changed the model in place and returned {fqn: rank}, not the model; "
+        "keep using the model object you passed (do not assign factorize's result to it)"
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{name!r}: {self._HINT}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(self._HINT)
+
+
+def _targeted(target_modules: str | Sequence[str]) -> Callable[[str], bool]:
+    """``fqn -> bool`` for PEFT-style ``target_modules`` (regex string or list of names)."""
+    if isinstance(target_modules, str):
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise ValueError(
+                f"target_modules: {target_modules!r} is not a valid regular expression: {exc}"
+            ) from None
+        return lambda fqn: pattern.fullmatch(fqn) is not None
+    names = list(target_modules)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(
+            "target_modules must be a regular expression (str) or a non-empty list of layer "
+            f"names, got {target_modules!r}"
+        )
+    return lambda fqn: any(fqn == n or fqn.endswith(f".{n}") for n in names)
+
+
+def _nothing_factorized(
+    candidates: dict[str, nn.Module],
+    skipped: dict[str, tuple[nn.Module, str]],
+    dense: dict[str, str],
+) -> str:
+    """The warning when ``factorize`` replaced no layer: why, with up to three examples."""
+    if not candidates:
+        why = Counter(reason for _, reason in skipped.values())
+        detail = "; ".join(f"{n} x {reason}" for reason, n in why.most_common(3))
+        return "factorize: the model has no layer it may factorize" + (
+            f" ({detail})" if detail else " (no nn.Linear, nn.Conv2d or Conv1D)"
+        )
+    shown = "; ".join(f"{fqn}: {why}" for fqn, why in list(dense.items())[:3])
+    more = f" (and {len(dense) - 3} more)" if len(dense) > 3 else ""
+    return f"factorize: every candidate layer stayed dense: {shown}{more}"
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -51,6 +51,14 @@ def conv1d_type() -> type | None:
     return getattr(mod, "Conv1D", None) if mod is not None else None
 
 
+def is_peft_adapter_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a PEFT tuner layer (e.g. a LoRA-wrapped Linear), found like
+    ``conv1d_type``: a model holding one has already imported peft."""
+    mod = sys.modules.get("peft.tuners.tuners_utils")
+    cls = getattr(mod, "BaseTunerLayer", None) if mod is not None else None
+    return cls is not None and isinstance(module, cls)
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """Whether ``module`` is a ``transformers`` ``Conv1D`` (weight ``[in, out]``, y = x·W + b)."""
     cls = conv1d_type()
@@ -201,6 +209,7 @@ def scan_layers(
         raise TypeError(f"filter_fn must be callable (module, fqn) -> bool, got {filter_fn!r}")
     walk, paths = walk_layers(model)
     owners = param_owners(model)
+    adapters = [f"{fqn}." for fqn, module, _ in walk if is_peft_adapter_layer(module)]
     candidates: dict[str, nn.Module] = {}
     skipped: dict[str, tuple[nn.Module, str]] = {}
     for fqn, module, parent in walk:
@@ -212,6 +221,11 @@ def scan_layers(
         weight = getattr(module, "weight", None)
         if fqn == "":
             reason = "the model itself is the layer (cannot be replaced in place)"
+        elif any(fqn.startswith(prefix) for prefix in adapters):
+            reason = (
+                "part of a PEFT adapter layer (its base layer or an adapter); factorize "
+                "before adding adapters, or merge_and_unload first"
+            )
         elif isinstance(weight, nn.parameter.UninitializedParameter):
             reason = "lazy layer not initialised yet"
         elif base is not None and type(module).forward is not base.forward:

@@ -527,3 +527,68 @@ def test_from_linear_and_from_conv2d_refuse_non_finite_weights():
         lrk.LowRankLinear.from_linear(linear, 2)
     with pytest.raises(ValueError, match=r"from_conv2d: conv\.weight holds 1 NaN/inf"):
         lrk.LowRankConv2d.from_conv2d(conv, 2)
+
+
+# --- PEFT-style selection and the result -----------------------------------------------------
+
+
+class Attn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(32, 32)
+        self.v_proj = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 32)
+
+
+def _two_blocks() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.ModuleDict({"b0": Attn(), "b1": Attn()})
+
+
+def test_target_modules_list_and_regex_select_layers_like_peft():
+    model = _two_blocks()
+    assert list(lrk.factorize(model, 4, target_modules=["q_proj", "b1.out"])) == [
+        "b0.q_proj", "b1.q_proj", "b1.out",
+    ]  # fmt: skip
+    assert "not in target_modules" in {r.fqn: r.reason for r in lrk.summary(model)}["b0.v_proj"]
+    model = _two_blocks()
+    assert list(lrk.factorize(model, 4, target_modules=r"b\d\.(q|v)_proj")) == [
+        "b0.q_proj", "b0.v_proj", "b1.q_proj", "b1.v_proj",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        lrk.factorize(_two_blocks(), 4, target_modules="(")
+    with pytest.raises(TypeError, match="target_modules must be"):
+        lrk.factorize(_two_blocks(), 4, target_modules=[])
+
+
+def test_short_names_in_the_rank_mapping_and_a_full_name_wins():
+    model = _two_blocks()
+    ranks = lrk.factorize(model, {"q_proj": 8, "b1.q_proj": 2, "out": 4})
+    assert ranks == {"b0.q_proj": 8, "b0.out": 4, "b1.q_proj": 2, "b1.out": 4}
+    with pytest.raises(ValueError, match="neither a factorizable layer"):
+        lrk.factorize(_two_blocks(), {"k_proj": 8})
+
+
+def test_a_rank_callable_may_return_a_ratio():
+    model = _two_blocks()
+    ranks = lrk.factorize(model, lambda fqn, m: 0.25 if "q_proj" in fqn else None, rank_multiple=1)
+    assert ranks == {"b0.q_proj": 8, "b1.q_proj": 8}  # ceil(0.25 · 32)
+    with pytest.raises(ValueError, match=r"returned 1\.5"):
+        lrk.factorize(_two_blocks(), lambda fqn, m: 1.5)
+
+
+def test_factorizing_nothing_warns_with_the_reason():
+    with pytest.warns(UserWarning, match="every candidate layer stayed dense.*saves no parameters"):
+        assert lrk.factorize(_two_blocks(), 1.0) == {}
+    with pytest.warns(UserWarning, match="no layer it may factorize"):
+        lrk.factorize(nn.Sequential(nn.ReLU()), 4)
+
+
+def test_the_result_is_not_the_model_and_says_so():
+    model = _two_blocks()
+    result = lrk.factorize(model, 4)
+    assert isinstance(result, dict) and result["b0.q_proj"] == 4
+    with pytest.raises(AttributeError, match="changed the model in place"):
+        result.parameters()
+    with pytest.raises(TypeError, match="changed the model in place"):
+        result(torch.randn(2, 32))
